@@ -1,0 +1,1 @@
+"""HTTP handlers: thin; they turn validated requests into upstream calls and upstream events into SSE."""

@@ -1,0 +1,22 @@
+"""`BaseHandler` (the edge mixed into Tornado's RequestHandler) and the 404 handler."""
+
+from __future__ import annotations
+
+from tornado.web import HTTPError, RequestHandler
+
+from middleware.edge import EdgeMixin
+
+
+class BaseHandler(EdgeMixin, RequestHandler):
+    """Every route inherits the edge from here."""
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths: a JSON 404 for any method, with all the edge's headers; OPTIONS gets its preflight."""
+
+    rate_limited = False
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.request.method != "OPTIONS":
+            raise HTTPError(404)

@@ -1,0 +1,124 @@
+"""`POST /chat`: the seed's API. A prompt (or messages) in; `connected`, `content`..., then `done` or `error` out.
+
+Each event is `data: {"content": str, "request_id": str, "type": ...}\\n\\n`; `done` adds `finish_reason`
+and `usage` when the upstream reported them, `error` adds `error_type` (and `status` for upstream HTTP
+errors). Exactly one terminal event ends every stream the client is still there to read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from tornado.web import stream_request_body
+
+from handlers.streaming import ClientGoneError, StreamingHandler
+from middleware.validation import validate_chat
+from server.completions import parse_chunk
+from server.sse import SSEEvent
+from server.upstream import UpstreamCall, UpstreamError, upstream_headers
+
+
+def chat_event(kind: str, content: str, request_id: str, **extra: Any) -> bytes:
+    event = {"content": content, "request_id": request_id, "type": kind, **extra}
+    return b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+@stream_request_body
+class ChatHandler(StreamingHandler):
+    route = "/chat"
+
+    async def post(self) -> None:
+        settings = self.gateway.settings
+        request = validate_chat(self.body, settings)
+        await self.take_stream_slot()
+        try:
+            await self._relay(request.messages, request.model, request.options, request.prompt_chars)
+        finally:
+            await self.release_stream_slot()
+
+    async def _relay(self, messages: list[dict[str, str]], model: str, options: dict[str, Any], prompt_chars: int) -> None:
+        settings = self.gateway.settings
+        request_id = self.request_id
+        # Prefix and suffix of every content event, built once: the id is [A-Za-z0-9._:-] only.
+        self._content_prefix = b'data: {"content": '
+        self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
+        self.events = 0
+        self.ttft: float | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] | None = None
+        self.begin_stream()
+        try:
+            await self.send(chat_event("connected", "", request_id))
+        except ClientGoneError:
+            self.log_outcome("client_disconnected", 0, None, model=model, prompt_chars=prompt_chars)
+            return
+        payload = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **options}
+        self.call = UpstreamCall(self.gateway.http_client, settings, payload, upstream_headers(settings, request_id))
+        self.call.on_attempt = self.gateway.metrics.upstream_attempt
+        self.gateway.metrics.overhead.labels("request").observe(time.monotonic() - self.started_at)
+        fields: dict[str, Any] = {"model": model, "prompt_chars": prompt_chars}
+        try:
+            await self.call.stream(self._on_events)
+        except UpstreamError as error:
+            outcome = self.outcome_of(error)
+            if outcome != "client_disconnected" and not self._client_gone:
+                extra: dict[str, Any] = {"error_type": error.error_type}
+                if error.status is not None:
+                    extra["status"] = error.status
+                self.write(chat_event("error", error.message, request_id, **extra))
+                self.finish()
+            self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
+            return
+        done: dict[str, Any] = {}
+        if self.finish_reason is not None:
+            done["finish_reason"] = self.finish_reason
+        if self.usage is not None:
+            done["usage"] = self.usage
+        self.write(chat_event("done", "", request_id, **done))
+        self.finish()
+        self.log_outcome(
+            "finished",
+            self.events,
+            self.ttft,
+            upstream_status=self.call.status,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            **fields,
+        )
+
+    def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
+        """One upstream read's events -> one write and one flush of content events."""
+        started = time.monotonic()
+        out = []
+        failure = None
+        for event in events:
+            chunk = parse_chunk(event.data)
+            if chunk is None:
+                continue
+            if chunk.content:
+                out.append(self._content_prefix + json.dumps(chunk.content, ensure_ascii=False).encode("utf-8") + self._content_suffix)
+            if chunk.finish_reason is not None:
+                self.finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            if chunk.error is not None:
+                failure = UpstreamError("upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None)
+                break
+        if not out:
+            if failure is not None:
+                raise failure
+            return None
+        if self.ttft is None:
+            self.ttft = started - self.started_at
+        self.events += len(out)
+        self.call.commit()  # type: ignore[union-attr]
+        self.gateway.metrics.stream_events.inc(len(out))
+        if failure is not None:
+            self.write(b"".join(out))  # the text before the failure; the error event follows it
+            raise failure
+        flushed = self.send(b"".join(out))
+        self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
+        return flushed

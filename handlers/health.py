@@ -1,0 +1,24 @@
+"""`GET /health`: 200 `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun."""
+
+from __future__ import annotations
+
+from handlers.base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    route = "/health"
+    rate_limited = False
+
+    def get(self) -> None:
+        gateway = self.gateway
+        if gateway.draining:
+            self.set_status(503)
+        self.set_header("Cache-Control", "no-store")
+        self.write(
+            {
+                "status": "draining" if gateway.draining else "ok",
+                "streams_active": len(gateway.streams),
+                "demo": gateway.settings.demo,
+                "model": gateway.settings.model,
+            }
+        )

@@ -1,0 +1,181 @@
+"""`EdgeMixin`: the base every handler inherits, so no route (404, 405 and errors included) skips the edge.
+
+In order, for each request: request id and security/CORS headers (`set_default_headers`, re-applied on
+every error), preflight, client key (401), rate limit (429), Content-Type (415) and body size (413) —
+all before the body is read and before any upstream call. Errors render in one shape per route family.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from tornado.web import RequestHandler
+
+from middleware.client_ip import client_ip
+from middleware.errors import ApiError, openai_error_body, seed_error_body
+from middleware.request_id import resolve_request_id
+from middleware.security_headers import API_CSP, apply_security_headers
+from server.context import bind_request
+from server.state import Gateway
+
+access_log = logging.getLogger("gateway.access")
+
+_JSON_TYPES = ("application/json",)
+
+
+class EdgeMixin(RequestHandler):
+    csp = API_CSP
+    error_style = "seed"  # "openai" on /v1 routes: the shape those SDKs parse
+    protected = False  # needs a client key when CLIENT_API_KEYS is set
+    rate_limited = True
+    route = "unmatched"  # the route template: the only path label metrics and logs aggregate by
+
+    _request_id: str | None = None
+    key_id: str | None = None
+    _limit_headers: dict[str, str] | None = None
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def gateway(self) -> Gateway:
+        return self.application.settings["gateway"]  # type: ignore[no-any-return]
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            self._request_id = resolve_request_id(self.request.headers.get("X-Request-ID"))
+        return self._request_id
+
+    @property
+    def client_ip(self) -> str:
+        headers = self.request.headers
+        return client_ip(
+            self.request.remote_ip or "",
+            headers.get("X-Forwarded-For"),
+            headers.get("X-Real-IP"),
+            self.gateway.settings.trusted_proxies,
+        )
+
+    @property
+    def client_id(self) -> str:
+        """Whom rate limits count against: the client key when keys are on, else the client IP."""
+        return f"key:{self.key_id}" if self.key_id else f"ip:{self.client_ip}"
+
+    # -- headers on every response ------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        settings = self.gateway.settings
+        apply_security_headers(self, self.csp, settings.hsts_max_age if settings.hsts_enabled else None)
+        self.set_header("X-Request-ID", self.request_id)
+        self.gateway.cors.apply(self, self.request.headers.get("Origin"))
+        for name, value in (self._limit_headers or {}).items():
+            self.set_header(name, value)
+
+    # -- the edge ----------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        self.started_at = time.monotonic()
+        self._context = bind_request(self.request_id)
+        access_log.info(
+            "started",
+            extra={"method": self.request.method, "path": self.request.path, "client_ip": self.client_ip},
+        )
+        if self.request.method == "OPTIONS":
+            return
+        gateway = self.gateway
+        if self.protected and gateway.client_keys.enabled:
+            self.key_id = gateway.client_keys.identify(self.request.headers.get("Authorization"))
+            if self.key_id is None:
+                gateway.metrics.rate_limited("unauthorized")
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "missing or invalid client key: send Authorization: Bearer <key>",
+                    headers={"WWW-Authenticate": 'Bearer realm="tornado-ai-stream"'},
+                )
+        if self.rate_limited:
+            settings = gateway.settings
+            decision = await gateway.limiter.take(self.client_id, settings.rate_limit, settings.rate_limit_burst)
+            self._limit_headers = decision.headers()
+            for name, value in self._limit_headers.items():
+                self.set_header(name, value)
+            if not decision.allowed:
+                gateway.metrics.rate_limited("rate")
+                raise ApiError(429, "rate_limited", f"rate limit of {settings.rate_limit:g} requests/second exceeded; retry later")
+        if self.request.method == "POST":
+            self._check_body_headers()
+
+    def _check_body_headers(self) -> None:
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES:
+            raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+        limit = self.gateway.settings.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise ApiError(413, "body_too_large", f"request body is {int(length)} bytes; the limit is {limit}")
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight on any route: 204, never rate limited."""
+        if self.gateway.cors.apply(self, self.request.headers.get("Origin")):
+            self.gateway.cors.preflight(self)
+        self.set_status(204)
+        self.finish()
+
+    # -- errors ------------------------------------------------------------------------------------
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            self.write_api_error(error)
+            return
+        if status_code == 404:
+            error = ApiError(404, "not_found", f"no route for {self.request.method} {self.request.path}")
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            error = ApiError(
+                405,
+                "method_not_allowed",
+                f"{self.request.method} is not allowed here; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        elif status_code >= 500:
+            error = ApiError(status_code, "internal_error", "internal server error; the request id is in the log")
+        else:
+            error = ApiError(status_code, "bad_request", self._reason)
+        self.write_api_error(error)
+
+    def write_api_error(self, error: ApiError) -> None:
+        self.set_status(error.status_code)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        if self.error_style == "openai":
+            body = openai_error_body(error.status_code, error.error_type, error.message, self.request_id, error.field)
+        else:
+            body = seed_error_body(error.status_code, error.error_type, error.message, self.request_id)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def allowed_methods(self) -> list[str]:
+        return [m for m in ("GET", "POST", "OPTIONS") if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+
+    def on_finish(self) -> None:
+        duration = time.monotonic() - getattr(self, "started_at", time.monotonic())
+        self.gateway.metrics.request_finished(self.route, self.request.method or "", self.get_status(), duration)
+
+
+def log_completed(handler: RequestHandler) -> None:
+    """Tornado's `log_function`: the one access line per request, in our format."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(
+        level,
+        "completed",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": round(request.request_time() * 1000, 2),
+            "key_id": getattr(handler, "key_id", None),
+            "request_id": getattr(handler, "request_id", None),
+        },
+    )

@@ -1,0 +1,57 @@
+"""`ApiError` and the two error shapes: the seed's for /chat and the rest, OpenAI's for /v1 routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from tornado.web import HTTPError
+
+# error_type -> OpenAI's `type` for the same failure, so SDKs map it to the right exception
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ApiError(HTTPError):
+    """An error answer: HTTP status, a stable `error_type`, a precise message, optional headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(status)
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers or {}
+        self.field = field
+
+
+def utc_timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def seed_error_body(status: int, error_type: str, message: str, request_id: str) -> dict[str, Any]:
+    return {
+        "message": message,
+        "code": status,
+        "error_type": error_type,
+        "request_id": request_id,
+        "timestamp": utc_timestamp(),
+    }
+
+
+def openai_error_body(status: int, error_type: str, message: str, request_id: str, field: str | None = None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": field, "code": error_type, "request_id": request_id}}

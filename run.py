@@ -1,0 +1,29 @@
+"""Start the gateway: `python run.py` (needs OPENROUTER_API_KEY) or `python run.py --demo` (offline)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from server.config import ConfigError, load_settings
+from server.lifecycle import serve
+from server.logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tornado-ai-stream: an SSE gateway for OpenRouter-compatible LLM APIs")
+    parser.add_argument("--demo", action="store_true", help="answer from the built-in demo upstream (no API key, no network)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(demo=args.demo)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_color, settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The routes: one table, every handler behind the edge."""
+
+from __future__ import annotations
+
+from tornado.web import Application
+
+from handlers.base import NotFoundHandler
+from handlers.chat import ChatHandler
+from handlers.health import HealthHandler
+from handlers.metrics import MetricsHandler
+from middleware.edge import log_completed
+from server.config import Settings
+from server.state import Gateway
+
+
+def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
+    gateway = gateway or Gateway.create(settings)
+    routes: list[tuple] = [
+        (r"/chat", ChatHandler),
+        (r"/health", HealthHandler),
+    ]
+    if settings.metrics_enabled:
+        routes.append((r"/metrics", MetricsHandler))
+    return Application(
+        routes,
+        gateway=gateway,
+        default_handler_class=NotFoundHandler,
+        log_function=log_completed,
+        compress_response=False,
+    )

@@ -1,0 +1,52 @@
+"""What an OpenAI-format `chat.completion.chunk` says: text, finish reason, usage, or an error.
+
+The one place that reads the provider's chunk JSON; handlers turn the result into their client's format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("gateway.upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    content: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    error: str | None = None
+    error_code: Any = None
+
+
+def parse_chunk(data: str) -> Chunk | None:
+    """The chunk's meaning, or None for a malformed line (logged at WARN and skipped)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        log.warning("skipping malformed upstream data line (%d chars)", len(data))
+        return None
+    if not isinstance(value, dict):
+        log.warning("skipping upstream data line that is not a JSON object")
+        return None
+    error = value.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        return Chunk(error=str(message or "upstream reported an error"), error_code=code)
+    content = ""
+    finish_reason = None
+    choices = value.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            content = delta["content"]
+        finish_reason = choice.get("finish_reason")
+        if finish_reason == "error":
+            return Chunk(content=content, finish_reason=finish_reason, error="upstream provider failed mid-stream")
+    usage = value.get("usage")
+    return Chunk(content, finish_reason, usage if isinstance(usage, dict) else None)

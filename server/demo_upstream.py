@@ -1,0 +1,196 @@
+"""An offline OpenRouter-compatible upstream: the real wire format over real HTTP, simulated answers.
+
+`python run.py --demo` starts it in-process on an ephemeral loopback port; tests and benchmarks start it
+the same way (or as its own process: `python -m server.demo_upstream --port 9000 --delay-ms 0`).
+It speaks what OpenRouter speaks: `POST {base}/chat/completions` answering `text/event-stream` with a
+`: OPENROUTER PROCESSING` comment, `chat.completion.chunk` JSON lines, a finish chunk, a usage chunk and
+`data: [DONE]` (or one `chat.completion` JSON when `stream` is false), and `GET {base}/models`.
+The answer quotes the prompt and continues with fixed sentences, so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from tornado import httpserver, web
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+
+BASE_PATH = "/api/v1"
+
+FILLER = (
+    "This answer comes from the demo upstream of tornado-ai-stream, so no API key was spent. "
+    "Each word you see arrives as its own server-sent event, flushed the moment it is produced. "
+    "Point OPENROUTER_BASE_URL at a real provider and set OPENROUTER_API_KEY to get real answers."
+)
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    delay: float = 0.03  # seconds between chunks
+    words_per_chunk: int = 1
+    answer_words: int = 0  # 0: quote the prompt, then the filler; N: exactly N filler words (benchmarks)
+
+
+def answer_for(prompt: str, options: DemoOptions) -> str:
+    if options.answer_words:
+        words = _WORD.findall(FILLER + " ")
+        return "".join(words[i % len(words)] for i in range(options.answer_words))
+    return f'You said: "{prompt}". {FILLER}'
+
+
+def chunk_answer(answer: str, words_per_chunk: int) -> list[str]:
+    words = _WORD.findall(answer)
+    return ["".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
+
+
+def _last_user_text(messages: object) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def _error(handler: web.RequestHandler, status: int, message: str) -> None:
+    handler.set_status(status)
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"error": {"message": message, "code": status}}))
+
+
+class ChatCompletionsHandler(web.RequestHandler):
+    def initialize(self, options: DemoOptions) -> None:
+        self.options = options
+        self.closed = False
+
+    def on_connection_close(self) -> None:
+        self.closed = True
+
+    async def post(self) -> None:
+        if not self.request.headers.get("Authorization", "").startswith("Bearer "):
+            return _error(self, 401, "No auth credentials found")
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            return _error(self, 400, "Invalid JSON body")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(self, 400, "messages: expected an array")
+        model = str(body.get("model") or "demo/model")
+        prompt = _last_user_text(body["messages"])
+        pieces = chunk_answer(answer_for(prompt, self.options), self.options.words_per_chunk)
+        max_tokens = body.get("max_tokens")
+        finish_reason = "stop"
+        if isinstance(max_tokens, int) and 0 < max_tokens < len(pieces):
+            pieces, finish_reason = pieces[:max_tokens], "length"
+        usage = {"prompt_tokens": len(_WORD.findall(prompt)), "completion_tokens": len(pieces)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        ident = f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}"
+        if body.get("stream"):
+            await self._stream(ident, model, pieces, finish_reason, usage)
+        else:
+            self.set_header("Content-Type", "application/json")
+            self.finish(
+                json.dumps(
+                    {
+                        "id": ident,
+                        "provider": "Demo",
+                        "model": model,
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "".join(pieces)},
+                                "finish_reason": finish_reason,
+                            }
+                        ],
+                        "usage": usage,
+                    }
+                )
+            )
+
+    async def _stream(self, ident: str, model: str, pieces: list[str], finish_reason: str, usage: dict) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+        created = int(time.time())
+        head = f'{{"id":"{ident}","provider":"Demo","model":{json.dumps(model)},"object":"chat.completion.chunk","created":{created},'
+
+        def chunk(delta: str, reason: str | None) -> str:
+            choice = {"index": 0, "delta": {"role": "assistant", "content": delta}, "finish_reason": reason}
+            return f'data: {head}"choices":[{json.dumps(choice, ensure_ascii=False)}]}}\n\n'
+
+        try:
+            self.write(": OPENROUTER PROCESSING\n\n")
+            await self.flush()
+            for piece in pieces:
+                if self.options.delay:
+                    await asyncio.sleep(self.options.delay)
+                if self.closed:
+                    return
+                self.write(chunk(piece, None))
+                await self.flush()
+            self.write(chunk("", finish_reason))
+            self.write(f'data: {head}"choices":[],"usage":{json.dumps(usage)}}}\n\n')
+            self.write("data: [DONE]\n\n")
+            self.finish()
+        except StreamClosedError:
+            return
+
+
+class ModelsHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.write({"data": [{"id": "demo/echo", "name": "Demo echo"}, {"id": "anthropic/claude-3.5-sonnet", "name": "Claude 3.5 Sonnet"}]})
+
+
+def make_app(options: DemoOptions) -> web.Application:
+    return web.Application(
+        [
+            (BASE_PATH + "/chat/completions", ChatCompletionsHandler, {"options": options}),
+            (BASE_PATH + "/models", ModelsHandler),
+        ],
+        log_function=lambda handler: None,  # the gateway's own access lines are the ones that matter
+    )
+
+
+def start_demo_upstream(options: DemoOptions, host: str = "127.0.0.1", port: int = 0) -> tuple[httpserver.HTTPServer, str]:
+    """Listen on `host:port` (0: an ephemeral port) on the current loop; return the server and its base URL."""
+    sockets = bind_sockets(port, host)
+    server = httpserver.HTTPServer(make_app(options))
+    server.add_sockets(sockets)
+    bound = sockets[0].getsockname()[1]
+    return server, f"http://{host}:{bound}{BASE_PATH}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Offline OpenRouter-compatible upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--delay-ms", type=float, default=30.0)
+    parser.add_argument("--words-per-chunk", type=int, default=1)
+    parser.add_argument("--answer-words", type=int, default=0)
+    args = parser.parse_args()
+    options = DemoOptions(args.delay_ms / 1000, args.words_per_chunk, args.answer_words)
+
+    async def serve() -> None:
+        _, url = start_demo_upstream(options, args.host, args.port)
+        print(f"demo upstream at {url}", flush=True)
+        await asyncio.Event().wait()
+
+    IOLoop.current().run_sync(serve)
+
+
+if __name__ == "__main__":
+    main()

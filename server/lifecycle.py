@@ -1,0 +1,116 @@
+"""Start, signals and drain: what happens between `python run.py` and exit code 0.
+
+SIGTERM or SIGINT: stop accepting, answer /health with 503 on connections still open, let streams
+finish for up to SHUTDOWN_TIMEOUT_SECS, end the rest with a `server_shutdown` error, close upstream
+sockets, exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import replace
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.netutil import bind_sockets
+
+from server.app import make_app
+from server.config import Settings
+from server.demo_upstream import DemoOptions, start_demo_upstream
+from server.metrics import Metrics
+from server.state import Gateway
+
+log = logging.getLogger("gateway")
+
+_LAG_INTERVAL = 0.25  # seconds between event-loop lag samples
+_AFTER_SHUTDOWN_EVENTS = 5.0  # seconds to let cancelled streams write their error event
+
+
+def make_server(settings: Settings, gateway: Gateway) -> HTTPServer:
+    """READ_TIMEOUT_SECS bounds reading a request body, IDLE_TIMEOUT_SECS a keep-alive connection waiting
+    for its next request's headers. WRITE_TIMEOUT_SECS is enforced per flush by the streaming handlers:
+    Tornado has no whole-response write deadline, and one must never cut a healthy long stream."""
+    return HTTPServer(
+        make_app(settings, gateway),
+        idle_connection_timeout=settings.idle_timeout,
+        body_timeout=settings.read_timeout,
+        max_body_size=settings.max_body_bytes + 65536,
+        decompress_request=False,
+    )
+
+
+class LoopLagMonitor:
+    """How late a periodic timer fires: the event loop's responsiveness under load, on /metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.expected = 0.0
+        self.timer = PeriodicCallback(self._sample, _LAG_INTERVAL * 1000)
+
+    def start(self) -> None:
+        self.expected = IOLoop.current().time() + _LAG_INTERVAL
+        self.timer.start()
+
+    def _sample(self) -> None:
+        now = IOLoop.current().time()
+        self.metrics.loop_lag.observe(max(0.0, now - self.expected))
+        self.expected = now + _LAG_INTERVAL
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+async def drain(server: HTTPServer, gateway: Gateway) -> None:
+    gateway.draining = True
+    server.stop()
+    timeout = gateway.settings.shutdown_timeout
+    log.warning("shutting down: waiting up to %gs for %d streams", timeout, len(gateway.streams))
+    if not await gateway.streams.wait_idle(timeout):
+        log.warning("shutdown deadline passed: ending %d streams", len(gateway.streams))
+        for stream in gateway.streams:
+            stream.shutdown()
+        await gateway.streams.wait_idle(_AFTER_SHUTDOWN_EVENTS)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), 1.0)
+    gateway.http_client.close()
+    log.info("shutdown complete")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until a signal, then drain. Returns normally (exit 0) after a drain."""
+    if settings.demo:
+        _, base_url = start_demo_upstream(DemoOptions(delay=settings.demo_delay))
+        settings = replace(settings, base_url=base_url, api_key="demo")
+        log.warning("demo mode: answers are simulated by the built-in demo upstream at %s; no provider is called", base_url)
+    if settings.open_relay:
+        log.warning(
+            "CLIENT_API_KEYS is not set and HOST=%s is not loopback: anyone who can reach this port can spend the upstream key",
+            settings.host,
+        )
+    gateway = Gateway.create(settings)
+    server = make_server(settings, gateway)
+    sockets = bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info("listening on http://%s:%d (model %s)", settings.host, port, settings.model)
+    monitor = LoopLagMonitor(gateway.metrics)
+    monitor.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.warning("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    monitor.stop()
+    await drain(server, gateway)

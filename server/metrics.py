@@ -1,0 +1,65 @@
+"""Prometheus metrics (prometheus_client), one registry per application.
+
+Labels are bounded: the route template, the method, the status, an outcome or reason from a fixed set;
+never a raw path, key or IP. Hot-path updates happen once per upstream read, not once per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 45.0, 60.0)
+_STREAM_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
+        self.http_duration = Histogram("http_request_duration_seconds", "HTTP request duration", ["route"], registry=r)
+        self.streams_active = Gauge("chat_streams_active", "Streams open now", registry=r, multiprocess_mode="livesum")
+        self.ttft = Histogram(
+            "chat_time_to_first_token_seconds", "Request arrival to first content event", buckets=_LLM_LATENCY_BUCKETS, registry=r
+        )
+        self.stream_duration = Histogram("chat_stream_duration_seconds", "Whole stream duration", buckets=_STREAM_BUCKETS, registry=r)
+        self.stream_events = Counter("chat_stream_events", "Events relayed to clients", registry=r)
+        self.streams = Counter("chat_streams", "Streams ended, by outcome", ["outcome"], registry=r)
+        self.tokens = Counter("chat_tokens", "Tokens reported by the upstream", ["kind"], registry=r)
+        self.upstream_requests = Counter("upstream_requests", "Upstream attempts by HTTP status (error: no status)", ["status"], registry=r)
+        self.upstream_retries = Counter("upstream_retries", "Upstream attempts beyond the first", registry=r)
+        self.client_disconnects = Counter("client_disconnects", "Clients that left mid-stream", registry=r)
+        self.rate_limited_total = Counter("rate_limited", "Requests refused at the edge", ["reason"], registry=r)
+        self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway", ["phase"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.loop_lag = Histogram("event_loop_lag_seconds", "How late a periodic timer fires", buckets=_LAG_BUCKETS, registry=r)
+
+    def request_finished(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_duration.labels(route).observe(seconds)
+
+    def rate_limited(self, reason: str) -> None:
+        self.rate_limited_total.labels(reason).inc()
+
+    def upstream_attempt(self, status: int | None, retry: bool) -> None:
+        self.upstream_requests.labels(str(status) if status else "error").inc()
+        if retry:
+            self.upstream_retries.inc()
+
+    def stream_ended(self, outcome: str, seconds: float, ttft: float | None, usage: dict[str, int] | None) -> None:
+        self.streams.labels(outcome).inc()
+        self.stream_duration.observe(seconds)
+        if ttft is not None:
+            self.ttft.observe(ttft)
+        if usage:
+            self.tokens.labels("prompt").inc(usage.get("prompt_tokens") or 0)
+            self.tokens.labels("completion").inc(usage.get("completion_tokens") or 0)
+        if outcome == "client_disconnected":
+            self.client_disconnects.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,100 @@
+"""Server-Sent Events: an incremental parser for upstream bytes and the encoder for what we send.
+
+The parser follows the WHATWG event-stream rules and is correct for any split of the byte stream:
+lines are cut on bytes (LF, CRLF or CR) before decoding, so a UTF-8 sequence split across reads is
+whole again by the time its line is decoded, and a CR at the very end of a read is held back until
+the next byte tells whether it starts a CRLF. A line longer than `max_line_bytes` raises
+`LineTooLongError` instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+DONE = "[DONE]"
+
+
+class LineTooLongError(ValueError):
+    """The upstream sent a line longer than the parser's cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+
+
+class SSEParser:
+    """Feed bytes in any split; get back the complete events they finish."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_last_id", "comments", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = 1024 * 1024) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._buffer = b""
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self.comments = 0  # comment lines seen so far (keep-alives such as ": OPENROUTER PROCESSING")
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        buffer = self._buffer + chunk if self._buffer else chunk
+        position = 0
+        size = len(buffer)
+        for match in _LINE_END.finditer(buffer):
+            if match.end() == size and buffer[-1] == 13:  # lone CR at the end: maybe half a CRLF
+                break
+            self._line(buffer[position : match.start()], events)
+            position = match.end()
+        self._buffer = buffer[position:]
+        if len(self._buffer) > self.max_line_bytes:
+            self._buffer = b""
+            raise LineTooLongError(f"upstream line longer than {self.max_line_bytes} bytes")
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a trailing CR ends its line; an event without its blank line is dropped (spec)."""
+        events: list[SSEEvent] = []
+        if self._buffer.endswith(b"\r"):
+            self._line(self._buffer[:-1], events)
+        self._buffer = b""
+        return events
+
+    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if not raw:
+            if self._data:
+                events.append(SSEEvent("\n".join(self._data), self._event or "message", self._last_id))
+            self._data = []
+            self._event = ""
+            return
+        line = raw.decode("utf-8", "replace")
+        if line[0] == ":":
+            self.comments += 1
+            return
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+
+
+def encode_data(data: str | bytes) -> bytes:
+    """One `data:` event; multi-line data becomes several `data:` lines, as the spec requires."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if b"\n" in payload or b"\r" in payload:
+        lines = _LINE_END.split(payload)
+        return b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return b"data: " + payload + b"\n\n"
+
+
+def encode_comment(text: str) -> bytes:
+    return b": " + text.encode("utf-8") + b"\n\n"

@@ -1,0 +1,74 @@
+"""`Gateway`: the long-lived services one application shares, built once from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from middleware.client_keys import ClientKeys
+from middleware.cors import CorsPolicy
+from middleware.rate_limit import LimiterStore, MemoryStore
+from server.config import Settings
+from server.http_client import PooledAsyncHTTPClient
+from server.metrics import Metrics
+
+
+class Stoppable(Protocol):
+    def shutdown(self) -> None: ...
+
+
+class ActiveStreams:
+    """The streams in flight, so a drain can wait for them and end the stragglers."""
+
+    def __init__(self) -> None:
+        self._streams: set[Stoppable] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __iter__(self) -> Iterator[Stoppable]:
+        return iter(list(self._streams))
+
+    def add(self, stream: Stoppable) -> None:
+        self._streams.add(stream)
+        self._idle.clear()
+
+    def discard(self, stream: Stoppable) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when every stream ended within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    http_client: PooledAsyncHTTPClient
+    limiter: LimiterStore
+    client_keys: ClientKeys
+    cors: CorsPolicy
+    metrics: Metrics
+    streams: ActiveStreams = field(default_factory=ActiveStreams)
+    draining: bool = False
+
+    @classmethod
+    def create(cls, settings: Settings, metrics: Metrics | None = None, limiter: LimiterStore | None = None) -> Gateway:
+        return cls(
+            settings=settings,
+            http_client=PooledAsyncHTTPClient(force_instance=True),
+            limiter=limiter or MemoryStore(),
+            client_keys=ClientKeys(settings.client_api_keys),
+            cors=CorsPolicy(settings.cors_allowed_origins),
+            metrics=metrics or Metrics(),
+        )

@@ -1,0 +1,170 @@
+"""Shared fixtures: a fault upstream and a gateway, both on real loopback sockets in the test's IOLoop.
+
+Tests are `async def` functions run by pytest-tornasync on its `io_loop` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server.config import Settings, load_settings  # noqa: E402
+from server.lifecycle import make_server  # noqa: E402
+from server.state import Gateway  # noqa: E402
+from tests.fault_upstream import FaultUpstream  # noqa: E402
+
+
+@pytest.fixture
+def upstream(io_loop: Any) -> Iterator[FaultUpstream]:
+    fault = FaultUpstream().start()
+    yield fault
+    fault.stop()
+
+
+@dataclass
+class RunningGateway:
+    settings: Settings
+    gateway: Gateway
+    server: HTTPServer
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_gateway(io_loop: Any, upstream: FaultUpstream) -> Iterator[Callable[..., RunningGateway]]:
+    """`start_gateway(RATE_LIMIT="2", ...)`: a gateway on a free port, pointed at the fault upstream."""
+    started: list[RunningGateway] = []
+
+    def start(**env: str) -> RunningGateway:
+        environ = {"OPENROUTER_API_KEY": "sk-test-secret-key", "OPENROUTER_BASE_URL": upstream.base_url, "RATE_LIMIT": "1000"}
+        environ.update(env)
+        settings = load_settings(environ)
+        gateway = Gateway.create(settings)
+        server = make_server(settings, gateway)
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        running = RunningGateway(settings, gateway, server, sockets[0].getsockname()[1])
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.server.stop()
+        running.gateway.http_client.close()
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return start_gateway()
+
+
+# -- a raw HTTP/1.1 client: byte-exact bodies, and the power to hang up at any moment -----------------
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    raw_headers: str = ""
+    chunks: list[bytes] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The `data:` payloads of the SSE body, parsed as JSON (seed /chat format)."""
+        return [json.loads(line[6:]) for line in self.body.decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+
+    @property
+    def text(self) -> str:
+        return "".join(event["content"] for event in self.events if event.get("type") == "content")
+
+
+def build_request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    merged = {"Content-Type": "application/json"} if body is not None else {}
+    merged.update(headers or {})
+    if body is not None and "Content-Length" not in merged and "Transfer-Encoding" not in merged:
+        merged["Content-Length"] = str(len(body))
+    lines += [f"{name}: {value}" for name, value in merged.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+@asynccontextmanager
+async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader, until: Callable[[bytes], bool] | None = None) -> RawResponse:
+    """Read one response; with `until`, stop (without reading the rest) once the body so far satisfies it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        if line:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            headers[key] = headers[key] + ", " + value.strip() if key in headers else value.strip()
+    status = int(status_line.split()[1])
+    body = b""
+    chunks = []
+    if headers.get("transfer-encoding") == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            chunk = (await reader.readexactly(size + 2))[:-2]
+            chunks.append(chunk)
+            body += chunk
+            if until is not None and until(body):
+                break
+    elif "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    return RawResponse(status, headers, body, head.decode("latin-1"), chunks)
+
+
+async def request(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> RawResponse:
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    async with connect(port) as (reader, writer):
+        writer.write(build_request(method, path, payload, headers))
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader), 30)
+
+
+async def chat(port: int, body: Any, headers: dict[str, str] | None = None) -> RawResponse:
+    return await request(port, "POST", "/chat", body, headers)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
