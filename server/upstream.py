@@ -121,6 +121,7 @@ class UpstreamCall:
         self.response_headers = httputil.HTTPHeaders()
         self._loop = IOLoop.current()
         self._request: HTTPRequest | None = None
+        self._connect_timed_out = False
         self._stopped: UpstreamError | None = None
         self._wake = asyncio.Event()
         self._stream_deadline = self._loop.time() + settings.stream_max
@@ -154,7 +155,8 @@ class UpstreamCall:
             for model_index, model in enumerate(self.models):
                 if model_index:
                     log.warning("falling back to model %s", model)
-                for retry in range(self.settings.upstream_retries + 1):
+                # the primary model gets UPSTREAM_RETRIES more tries; each fallback model one
+                for retry in range(self.settings.upstream_retries + 1 if model_index == 0 else 1):
                     if retry:
                         await self._backoff(retry, last)
                     self._raise_if_stopped()
@@ -165,7 +167,12 @@ class UpstreamCall:
                         self._raise_if_stopped()
                         if self.committed or not exc.retryable:
                             raise
-                        log.warning("upstream attempt %d failed: %s", self.attempts, exc.message)
+                        log.warning(
+                            "upstream attempt %d failed: %s",
+                            self.attempts,
+                            exc.message,
+                            extra={"attempt": self.attempts, "upstream_status": exc.status},
+                        )
             assert last is not None
             raise last
         finally:
@@ -186,7 +193,7 @@ class UpstreamCall:
     def _request_for(self, model: str, **callbacks: Any) -> HTTPRequest:
         self.attempts += 1
         body = dict(self.payload, model=model)
-        log.info("upstream attempt %d model=%s", self.attempts, model)
+        log.info("upstream attempt %d model=%s", self.attempts, model, extra={"attempt": self.attempts, "model": model})
         return HTTPRequest(
             self.settings.base_url + "/chat/completions",
             method="POST",
@@ -201,9 +208,12 @@ class UpstreamCall:
         """The response, or None when the connection failed (refused, reset, aborted)."""
         self._request = request
         response: HTTPResponse | None = None
+        self._connect_timed_out = False
         try:
             response = await self.client.fetch(request, raise_error=False)
-        except Exception:  # connection-level failures raise even with raise_error=False
+        except TimeoutError:  # TCPClient's connect timeout
+            self._connect_timed_out = True
+        except Exception:  # other connection-level failures raise even with raise_error=False
             pass
         finally:
             self._request = None
@@ -213,6 +223,8 @@ class UpstreamCall:
         return response
 
     def _connection_error(self) -> UpstreamError:
+        if self._connect_timed_out:
+            return UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
         if self.status is None:
             return UpstreamError("upstream_error", "could not connect to the upstream", retryable=True)
         return UpstreamError("upstream_error", "upstream connection closed before the stream finished", self.status, retryable=True)
@@ -273,6 +285,7 @@ class _StreamAttempt:
 
     # timers: one handle at a time; idle re-arms lazily instead of on every event
     def arm_first_token(self) -> None:
+        self.sent_at = self.loop.time()
         self.timer = self.loop.call_later(
             self.settings.first_token_timeout, self.call._timeout, "no first token within FIRST_TOKEN_TIMEOUT_SECS"
         )
@@ -304,6 +317,8 @@ class _StreamAttempt:
         else:  # the blank line after the headers: decide how to read the body
             content_type = self.call.response_headers.get("Content-Type", "")
             self.streaming = 200 <= self.call.status < 300 and not content_type.startswith("application/json")
+            ttfb = (self.loop.time() - self.sent_at) * 1000
+            log.info("upstream connected: HTTP %d after %.1f ms", self.call.status, ttfb, extra={"upstream_status": self.call.status})
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if not self.streaming:
