@@ -8,6 +8,7 @@ from handlers.base import NotFoundHandler
 from handlers.chat import ChatHandler
 from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
+from handlers.openai import ChatCompletionsHandler, ModelsHandler, OpenAINotFoundHandler
 from middleware.edge import log_completed
 from server.config import Settings
 from server.state import Gateway
@@ -18,6 +19,9 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
     routes: list[tuple] = [
         (r"/chat", ChatHandler),
         (r"/health", HealthHandler),
+        (r"/v1/chat/completions", ChatCompletionsHandler),
+        (r"/v1/models", ModelsHandler),
+        (r"/v1/.*", OpenAINotFoundHandler),
     ]
     if settings.metrics_enabled:
         routes.append((r"/metrics", MetricsHandler))
