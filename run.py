@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_color, settings.log_level)
+    configure_logging(settings.log_format, settings.log_color, settings.log_level, no_color=settings.no_color)
     asyncio.run(serve(settings))
     return 0
 

@@ -76,6 +76,7 @@ class Settings:
     log_color: str = "auto"
     log_level: str = "INFO"
     log_prompts: bool = False
+    no_color: bool = False
     metrics_enabled: bool = True
     metrics_token: str = field(default="", repr=False)
     web_ui_enabled: bool = True
@@ -156,6 +157,11 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _present(name: str, raw: str) -> bool:
+    """no-color.org: any non-empty value counts (empty values never reach a converter)."""
+    return True
+
+
 _seconds = _number(float, "a number of seconds > 0", 0.001, 1e7)
 _count = _number(int, "a whole number >= 1", 1, 1 << 40)
 
@@ -197,6 +203,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "LOG_COLOR": ("log_color", _choice("auto", "always", "never")),
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_PROMPTS": ("log_prompts", _bool),
+    "NO_COLOR": ("no_color", _present),
     "METRICS_ENABLED": ("metrics_enabled", _bool),
     "METRICS_TOKEN": ("metrics_token", _text),
     "WEB_UI_ENABLED": ("web_ui_enabled", _bool),

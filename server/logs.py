@@ -3,17 +3,24 @@
 Every record gets the current request id from `server.context` (a filter), so lines logged by the
 upstream client while serving a request carry it without passing it around. Structured fields travel
 as `extra={...}`; the console shows the seed's layout, JSON shows every known field.
+
+Nothing a client sends can break a line: JSON escapes every control character and every line
+separator (`str.splitlines()` included), the console escapes them as `\\n`, `\\x1b`, ...; lone surrogates
+(from a JSON `"\\ud800"` escape) are written as `\\ud800` instead of failing the UTF-8 encoding.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import colorama
 from colorama import Fore, Style
 
 from server.context import request_id_var
@@ -28,6 +35,7 @@ FIELDS = (
     "key_id",
     "model",
     "upstream_status",
+    "ttfb_ms",
     "ttft_ms",
     "events",
     "prompt_chars",
@@ -40,8 +48,34 @@ FIELDS = (
     "answer",
 )
 
+# Tornado's loggers: routed through our handler, never through one of their own.
+TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
 _LEVEL_COLORS = {"DEBUG": Fore.CYAN, "INFO": Fore.GREEN, "WARNING": Fore.YELLOW, "ERROR": Fore.RED, "CRITICAL": Fore.RED + Style.BRIGHT}
-_METHOD_COLORS = {"GET": Fore.BLUE, "POST": Fore.GREEN, "PUT": Fore.YELLOW, "DELETE": Fore.RED, "OPTIONS": Fore.MAGENTA}
+_METHOD_COLORS = {
+    "GET": Fore.BLUE,
+    "HEAD": Fore.BLUE,
+    "POST": Fore.GREEN,
+    "PUT": Fore.YELLOW,
+    "PATCH": Fore.YELLOW,
+    "DELETE": Fore.RED,
+    "OPTIONS": Fore.MAGENTA,
+}
+
+# C0/C1 controls, DEL, and the separators `str.splitlines()` also splits on; plus lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")  # json.dumps escapes C0 itself
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
+def safe_text(text: str) -> str:
+    """`text` with everything that could split a line, recolor a terminal or fail UTF-8 escaped."""
+    return _UNSAFE.sub(_escape_char, text)
 
 
 class RequestContextFilter(logging.Filter):
@@ -55,12 +89,16 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: value for name in FIELDS if (value := getattr(record, name, None)) is not None}
 
 
+def _iso_utc(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class JsonFormatter(logging.Formatter):
-    """Exactly one JSON object per line; json.dumps escapes anything a client could send."""
+    """Exactly one JSON object per line: `ts` (ISO 8601 UTC, ms), `level`, `logger`, `msg`, known fields, `exc`."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": _iso_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -68,7 +106,10 @@ class JsonFormatter(logging.Formatter):
         entry.update(_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        # The characters left raw by ensure_ascii=False only occur inside strings, where \uXXXX is valid JSON.
+        return _JSON_UNSAFE.sub(_escape_char, json.dumps(entry, ensure_ascii=False, default=str))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -78,40 +119,37 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__()
         self.color = color
 
-    def _paint(self, color: str, text: str) -> str:
+    def _part(self, color: str, text: str) -> str:
+        text = safe_text(text)
         return f"{color}{text}{Style.RESET_ALL}" if self.color and color else text
 
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record)
         when = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        level = record.levelname if record.levelname != "WARNING" else "WARN"
-        parts = [when, self._paint(_LEVEL_COLORS.get(record.levelname, ""), f"{level:<5}")]
-        request_id = fields.pop("request_id", None)
-        if request_id:
-            parts.append(self._paint(Fore.MAGENTA, f"[{request_id}]"))
-        method = fields.pop("method", None)
-        if method:
-            parts.append(self._paint(_METHOD_COLORS.get(method, ""), str(method)))
-        path = fields.pop("path", None)
-        if path:
-            parts.append(str(path))
-        status = fields.pop("status", None)
-        if status is not None:
-            parts.append(self._paint(_status_color(int(status)), str(status)))
-        duration = fields.pop("duration_ms", None)
-        if duration is not None:
+        level = "WARN" if record.levelname == "WARNING" else record.levelname
+        parts = [when, self._part(_LEVEL_COLORS.get(record.levelname, ""), f"{level:<5}")]
+        if request_id := fields.pop("request_id", None):
+            parts.append(self._part(Fore.MAGENTA, f"[{request_id}]"))
+        if method := fields.pop("method", None):
+            parts.append(self._part(_METHOD_COLORS.get(str(method), ""), str(method)))
+        if path := fields.pop("path", None):
+            parts.append(self._part("", str(path)))
+        if (status := fields.pop("status", None)) is not None:
+            parts.append(self._part(status_color(int(status)), str(status)))
+        if (duration := fields.pop("duration_ms", None)) is not None:
             parts.append(f"{duration}ms")
-        parts.append(record.getMessage())
-        parts.extend(
-            f"{name}={json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value}" for name, value in fields.items()
-        )
-        line = " ".join(parts)
-        if record.exc_info:
-            line += " exc=" + json.dumps(self.formatException(record.exc_info))
-        return line.replace("\n", "\\n").replace("\r", "\\r")
+        parts.append(self._part("", record.getMessage()))
+        parts.extend(self._part("", f"{name}={_console_value(value)}") for name, value in fields.items())
+        if record.exc_info or record.exc_text:
+            parts.append(self._part("", "exc=" + json.dumps(record.exc_text or self.formatException(record.exc_info), ensure_ascii=False)))
+        return " ".join(parts)
 
 
-def _status_color(status: int) -> str:
+def _console_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+
+
+def status_color(status: int) -> str:
     if status >= 500:
         return Fore.RED
     if status >= 400:
@@ -121,28 +159,67 @@ def _status_color(status: int) -> str:
     return Fore.GREEN
 
 
-def build_formatter(log_format: str, log_color: str, stream: IO[str], environ: dict[str, str] | None = None) -> logging.Formatter:
-    environ = dict(os.environ) if environ is None else environ
-    tty = hasattr(stream, "isatty") and stream.isatty()
+def build_formatter(log_format: str, log_color: str, stream: IO[str], no_color: bool = False) -> logging.Formatter:
+    """`auto` is console on a TTY and JSON otherwise; colors follow the TTY unless NO_COLOR or LOG_COLOR say otherwise."""
+    tty = bool(getattr(stream, "isatty", None) and stream.isatty())
     if log_format == "json" or (log_format == "auto" and not tty):
         return JsonFormatter()
     if log_color == "always":
         color = True
-    elif log_color == "never" or "NO_COLOR" in environ:
+    elif log_color == "never" or no_color:
         color = False
     else:
         color = tty
     return ConsoleFormatter(color)
 
 
-def configure_logging(log_format: str = "auto", log_color: str = "auto", level: str = "INFO", stream: IO[str] | None = None) -> None:
-    """Route the root logger (ours and Tornado's access/application/general loggers) through one handler."""
-    stream = stream or sys.stderr
+def configure_logging(
+    log_format: str = "auto",
+    log_color: str = "auto",
+    level: str = "INFO",
+    stream: IO[str] | None = None,
+    *,
+    no_color: bool = False,
+) -> logging.Handler:
+    """Route the root logger (ours and Tornado's access/application/general loggers) through one handler.
+
+    Called again, it replaces the previous configuration. Returns the handler (tests read its stream).
+    """
+    if stream is None:
+        stream = sys.stderr
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # JSON lines are UTF-8 whatever the locale
+    colorama.just_fix_windows_console()  # ANSI colors on old Windows consoles; a no-op elsewhere
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(build_formatter(log_format, log_color, stream))
+    handler.setFormatter(build_formatter(log_format, log_color, stream, no_color))
     handler.addFilter(RequestContextFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in TORNADO_LOGGERS:  # e.g. tornado.options' enable_pretty_logging would add a second, different format
+        tornado_logger = logging.getLogger(name)
+        for existing in list(tornado_logger.handlers):
+            tornado_logger.removeHandler(existing)
+        tornado_logger.setLevel(logging.NOTSET)
+        tornado_logger.propagate = True
+    return handler
+
+
+def prompt_fields(log_prompts: bool, messages: Sequence[Mapping[str, Any]], answer: str | None = None) -> dict[str, str]:
+    """The `prompt` (and `answer`) log fields when LOG_PROMPTS=true, else none: prompts and answers are user data.
+
+    Use as `extra={..., **prompt_fields(settings.log_prompts, messages, answer)}`. One message logs its
+    content; several log one `role: content` line each.
+    """
+    if not log_prompts:
+        return {}
+    if len(messages) == 1:
+        prompt = str(messages[0].get("content", ""))
+    else:
+        prompt = "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
+    fields = {"prompt": prompt}
+    if answer is not None:
+        fields["answer"] = answer
+    return fields
