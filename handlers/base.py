@@ -12,9 +12,10 @@ class BaseHandler(EdgeMixin, RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Unknown paths: a JSON 404 for any method, with all the edge's headers; OPTIONS gets its preflight."""
+    """Unknown paths: a JSON 404 for any method, with all the edge's headers; OPTIONS gets its preflight.
 
-    rate_limited = False
+    Rate limited like every route but /health, /metrics and preflights: a scanner's 404s count too.
+    """
 
     async def prepare(self) -> None:
         await super().prepare()

@@ -19,7 +19,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
 from handlers.base import BaseHandler
-from middleware.errors import ApiError
+from middleware.errors import ApiError, body_too_large
 from server.context import bind_request
 from server.sse import encode_comment
 from server.upstream import UpstreamCall, UpstreamError
@@ -51,25 +51,27 @@ class StreamingHandler(BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
         self._body = bytearray()
-        self._body_too_large = False
         # Room for one more read than the limit, so an oversized chunked body reaches data_received
         # (and gets our JSON 413) instead of Tornado's bare 400.
         self.request.connection.set_max_body_size(self.gateway.settings.max_body_bytes + 65536)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
-        if self._body is None or self._body_too_large:
+        """Buffer up to MAX_BODY_BYTES; past it (a chunked body has no Content-Length) answer 413 at once.
+
+        Finishing now makes Tornado drop the rest of the body and close the connection after the answer.
+        """
+        if self._body is None or self._finished:
             return
-        if len(self._body) + len(chunk) > self.gateway.settings.max_body_bytes:
-            self._body_too_large = True
-            self._body = bytearray()
+        limit = self.gateway.settings.max_body_bytes
+        if len(self._body) + len(chunk) > limit:
+            self._body = None
+            error = body_too_large(f"request body is larger than the limit of {limit} bytes")
+            self.send_error(413, exc_info=(ApiError, error, None))
             return
         self._body += chunk
 
     @property
     def body(self) -> bytes:
-        if self._body_too_large:
-            limit = self.gateway.settings.max_body_bytes
-            raise ApiError(413, "body_too_large", f"request body is larger than the limit of {limit} bytes")
         return bytes(self._body or b"")
 
     # -- slots ------------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class StreamingHandler(BaseHandler):
             )
         self._slot_client = self.client_id
         if len(gateway.streams) >= settings.max_concurrent_streams:
+            await self.release_stream_slot()  # the caller's `finally` has not started yet
             gateway.metrics.rate_limited("concurrent_streams")
             raise ApiError(
                 503,
@@ -120,6 +123,13 @@ class StreamingHandler(BaseHandler):
             stream.set_nodelay(True)  # small SSE writes go out now, not after Nagle's delay
         self._last_write = time.monotonic()
         self._arm_heartbeat(self.gateway.settings.heartbeat)
+
+    def set_server_timing(self, upstream_seconds: float | None = None) -> None:
+        """`Server-Timing: gateway;dur=…` — time in the gateway so far (plus the upstream's first byte), for devtools."""
+        timing = f"gateway;dur={(time.monotonic() - self.started_at) * 1000:.2f}"
+        if upstream_seconds is not None:
+            timing += f", upstream;dur={upstream_seconds * 1000:.2f}"
+        self.set_header("Server-Timing", timing)
 
     def send(self, data: bytes) -> Awaitable[None]:
         """Write and flush; fails with ClientGoneError when the client left or stopped reading."""

@@ -13,21 +13,24 @@ MAX_AGE = "600"
 class CorsPolicy:
     def __init__(self, allowed_origins: tuple[str, ...]) -> None:
         self.any_origin = "*" in allowed_origins
-        self.allowed = frozenset(allowed_origins)
+        self.allowed = frozenset(origin.rstrip("/") for origin in allowed_origins)  # browsers send no trailing slash
 
-    def apply(self, handler: RequestHandler, origin: str | None) -> bool:
-        """Set the response's CORS headers; False when the Origin is not allowed (no Allow-* headers then)."""
+    def allows(self, origin: str | None) -> bool:
+        return self.any_origin or (origin is not None and origin in self.allowed)
+
+    def apply(self, handler: RequestHandler, origin: str | None) -> None:
+        """Set the response's CORS headers: none of the Allow-* ones when the Origin is not allowed."""
         if self.any_origin:
             handler.set_header("Access-Control-Allow-Origin", "*")
         else:
-            handler.add_header("Vary", "Origin")
+            handler.set_header("Vary", "Origin")  # the answer depends on Origin: caches must key on it
             if origin is None or origin not in self.allowed:
-                return False
+                return
             handler.set_header("Access-Control-Allow-Origin", origin)
         handler.set_header("Access-Control-Expose-Headers", EXPOSE_HEADERS)
-        return True
 
     def preflight(self, handler: RequestHandler) -> None:
+        """The preflight answer's extra headers (for an allowed Origin; the caller checks)."""
         handler.set_header("Access-Control-Allow-Methods", ALLOW_METHODS)
         handler.set_header("Access-Control-Allow-Headers", ALLOW_HEADERS)
         handler.set_header("Access-Control-Max-Age", MAX_AGE)

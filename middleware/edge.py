@@ -15,7 +15,7 @@ from typing import Any
 from tornado.web import RequestHandler
 
 from middleware.client_ip import client_ip
-from middleware.errors import ApiError, openai_error_body, seed_error_body
+from middleware.errors import ApiError, body_too_large, openai_error_body, seed_error_body
 from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
 from server.context import bind_request
@@ -112,12 +112,12 @@ class EdgeMixin(RequestHandler):
         limit = self.gateway.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise ApiError(413, "body_too_large", f"request body is {int(length)} bytes; the limit is {limit}")
+            raise body_too_large(f"request body is {int(length)} bytes; the limit is {limit}")
 
     def options(self, *args: Any) -> None:
         """CORS preflight on any route: 204, never rate limited."""
-        if self.gateway.cors.apply(self, self.request.headers.get("Origin")):
-            self.gateway.cors.preflight(self)
+        if self.gateway.cors.allows(self.request.headers.get("Origin")):
+            self.gateway.cors.preflight(self)  # the Origin headers are already set, by set_default_headers
         self.set_status(204)
         self.finish()
 

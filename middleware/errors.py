@@ -38,6 +38,11 @@ class ApiError(HTTPError):
         self.field = field
 
 
+def body_too_large(message: str) -> ApiError:
+    """413: answered before the body is read, so the connection closes after it (and says so)."""
+    return ApiError(413, "body_too_large", message, headers={"Connection": "close"})
+
+
 def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -26,15 +26,30 @@ def invalid(field: str | None, message: str, error_type: str = "invalid_request"
     return ApiError(400, error_type, message, field=field)
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity` are not JSON, though Python's parser accepts them."""
+    raise _NotJson(f"{name} is not a JSON value")
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise invalid(None, "request body is not valid UTF-8", "invalid_encoding") from None
     try:
-        value = json.loads(text)
-    except ValueError as exc:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
         raise invalid(None, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json") from None
+    except _NotJson as exc:
+        raise invalid(None, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise invalid(None, "request body is not valid JSON: nested too deeply", "invalid_json") from None
+    except ValueError:  # an integer literal beyond Python's 4300-digit conversion limit
+        raise invalid(None, "request body is not valid JSON: a number has too many digits", "invalid_json") from None
     if not isinstance(value, dict):
         raise invalid(None, "request body must be a JSON object", "invalid_json")
     return value

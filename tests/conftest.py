@@ -164,6 +164,20 @@ async def chat(port: int, body: Any, headers: dict[str, str] | None = None) -> R
     return await request(port, "POST", "/chat", body, headers)
 
 
+ERROR_FIELDS = {"message", "code", "error_type", "request_id", "timestamp"}
+
+
+def api_error(response: RawResponse, status: int, error_type: str) -> dict[str, Any]:
+    """Assert the one JSON error shape (status, type, the response's request id) and return the body."""
+    assert response.status == status, response.body
+    assert response.header("Content-Type") == "application/json"
+    body = response.json()
+    assert set(body) == ERROR_FIELDS
+    assert (body["code"], body["error_type"]) == (status, error_type), body
+    assert body["request_id"] == response.header("X-Request-ID")
+    return body  # type: ignore[no-any-return]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
