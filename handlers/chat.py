@@ -17,6 +17,7 @@ from tornado.web import stream_request_body
 from handlers.streaming import ClientGoneError, StreamingHandler
 from middleware.validation import validate_chat
 from server.completions import parse_chunk
+from server.logs import prompt_fields
 from server.sse import SSEEvent
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
 
@@ -49,6 +50,8 @@ class ChatHandler(StreamingHandler):
         self.ttft: float | None = None
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
+        self.answer: list[str] | None = [] if settings.log_prompts else None
+        self.set_server_timing()
         self.begin_stream()
         try:
             await self.send(chat_event("connected", "", request_id))
@@ -63,6 +66,7 @@ class ChatHandler(StreamingHandler):
         try:
             await self.call.stream(self._on_events)
         except UpstreamError as error:
+            fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
             outcome = self.outcome_of(error)
             if outcome != "client_disconnected" and not self._client_gone:
                 extra: dict[str, Any] = {"error_type": error.error_type}
@@ -72,6 +76,7 @@ class ChatHandler(StreamingHandler):
                 self.finish()
             self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
             return
+        fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
         done: dict[str, Any] = {}
         if self.finish_reason is not None:
             done["finish_reason"] = self.finish_reason
@@ -99,6 +104,8 @@ class ChatHandler(StreamingHandler):
             if chunk is None:
                 continue
             if chunk.content:
+                if self.answer is not None:
+                    self.answer.append(chunk.content)
                 out.append(self._content_prefix + json.dumps(chunk.content, ensure_ascii=False).encode("utf-8") + self._content_suffix)
             if chunk.finish_reason is not None:
                 self.finish_reason = chunk.finish_reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from tests.conftest import RunningGateway, build_request, chat, connect, read_response
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
@@ -18,6 +19,7 @@ async def test_stream_events_are_framed_exactly_as_the_seed(gateway: RunningGate
     assert response.header("Cache-Control") == "no-cache"
     assert response.header("X-Accel-Buffering") == "no"
     assert response.header("X-Request-ID") == "req-1"
+    assert re.fullmatch(r"gateway;dur=\d+\.\d\d", response.header("Server-Timing") or "")
     expected = (
         b'data: {"content": "", "request_id": "req-1", "type": "connected"}\n\n'
         b'data: {"content": "Hello", "request_id": "req-1", "type": "content"}\n\n'
