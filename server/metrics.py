@@ -2,19 +2,23 @@
 
 Labels are bounded: the route template, the method, the status, an outcome or reason from a fixed set;
 never a raw path, key or IP. Hot-path updates happen once per upstream read, not once per event.
+`*_created` series are off: they double the scrape and nothing here reads them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)  # streams too
 _LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 45.0, 60.0)
 _STREAM_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+disable_created_metrics()
 
 
 class Metrics:
@@ -22,7 +26,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
-        self.http_duration = Histogram("http_request_duration_seconds", "HTTP request duration", ["route"], registry=r)
+        self.http_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request duration, streams included", ["route"], buckets=_HTTP_BUCKETS, registry=r
+        )
         self.streams_active = Gauge("chat_streams_active", "Streams open now", registry=r, multiprocess_mode="livesum")
         self.ttft = Histogram(
             "chat_time_to_first_token_seconds", "Request arrival to first content event", buckets=_LLM_LATENCY_BUCKETS, registry=r
