@@ -237,7 +237,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = Fals
         keys += _keys_from_file(environ["CLIENT_API_KEYS_FILE"].strip())
     values["client_api_keys"] = keys
     settings = Settings(**values)  # type: ignore[arg-type]
-    if "RATE_LIMIT_BURST" not in values:
+    if "rate_limit_burst" not in values:  # default: RATE_LIMIT, at least 1
         settings = replace(settings, rate_limit_burst=max(1.0, settings.rate_limit))
     return _check(settings)
 
