@@ -9,6 +9,7 @@ import sys
 from server.config import ConfigError, load_settings
 from server.lifecycle import serve
 from server.logs import configure_logging
+from server.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_color, settings.log_level, no_color=settings.no_color)
+    if settings.workers != 1:
+        return run_workers(settings)
     asyncio.run(serve(settings))
     return 0
 

@@ -16,6 +16,7 @@ setup(
         "python-dotenv>=1.0,<2",
         "colorama>=0.4.6,<0.5",
         "prometheus-client>=0.20,<1",
+        "redis>=5,<9",
     ],
     extras_require={
         "dev": [
@@ -25,6 +26,7 @@ setup(
             "hypothesis>=6.100,<7",
             "ruff>=0.6,<1",
             "openai>=1.40,<4",
+            "supervisor>=4.2,<5",
         ],
     },
 )

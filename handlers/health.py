@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from handlers.base import BaseHandler
 
 
@@ -20,5 +22,6 @@ class HealthHandler(BaseHandler):
                 "streams_active": len(gateway.streams),
                 "demo": gateway.settings.demo,
                 "model": gateway.settings.model,
+                "pid": os.getpid(),  # which worker answered, when WORKERS > 1
             }
         )

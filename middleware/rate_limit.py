@@ -38,12 +38,25 @@ class Decision:
         return values
 
 
+def bucket_decision(allowed: bool, tokens: float, rate: float, burst: float) -> Decision:
+    """The answer for a bucket holding `tokens` after this request; shared by every store."""
+    return Decision(
+        allowed=allowed,
+        limit=int(burst),
+        remaining=int(tokens),
+        reset_after=(burst - tokens) / rate,
+        retry_after=0.0 if allowed else (1.0 - tokens) / rate,
+    )
+
+
 class LimiterStore(Protocol):
     async def take(self, client: str, rate: float, burst: float) -> Decision: ...
 
     async def acquire_stream(self, client: str, limit: int) -> bool: ...
 
     async def release_stream(self, client: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryStore:
@@ -70,13 +83,7 @@ class MemoryStore:
             tokens -= 1.0
         self._buckets[client] = (tokens, now)
         self._evict(now, rate, burst)
-        return Decision(
-            allowed=allowed,
-            limit=int(burst),
-            remaining=int(tokens),
-            reset_after=(burst - tokens) / rate,
-            retry_after=0.0 if allowed else (1.0 - tokens) / rate,
-        )
+        return bucket_decision(allowed, tokens, rate, burst)
 
     def _evict(self, now: float, rate: float, burst: float) -> None:
         buckets = self._buckets
@@ -101,3 +108,6 @@ class MemoryStore:
             self._streams[client] = count
         else:
             self._streams.pop(client, None)
+
+    async def close(self) -> None:
+        """Nothing to release: the buckets live in this process."""

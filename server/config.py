@@ -81,6 +81,11 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     web_ui_enabled: bool = True
     demo_delay: float = 0.03
+    # scale-out
+    workers: int = 1
+    rate_limit_backend: str = "memory"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    rate_limit_fail_mode: str = "open"
 
     @property
     def open_relay(self) -> bool:
@@ -162,6 +167,13 @@ def _present(name: str, raw: str) -> bool:
     return True
 
 
+def _redis_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(name, "a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0")  # no echo: may hold a password
+    return value
+
+
 _seconds = _number(float, "a number of seconds > 0", 0.001, 1e7)
 _count = _number(int, "a whole number >= 1", 1, 1 << 40)
 
@@ -207,6 +219,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "METRICS_ENABLED": ("metrics_enabled", _bool),
     "METRICS_TOKEN": ("metrics_token", _text),
     "WEB_UI_ENABLED": ("web_ui_enabled", _bool),
+    "WORKERS": ("workers", _number(int, "a whole number of processes >= 0 (0 = one per core)", 0, 1024)),
+    "RATE_LIMIT_BACKEND": ("rate_limit_backend", _choice("memory", "redis")),
+    "REDIS_URL": ("redis_url", _redis_url),
+    "RATE_LIMIT_FAIL_MODE": ("rate_limit_fail_mode", _choice("open", "closed")),
     "DEMO_DELAY_MS": ("demo_delay", lambda n, raw: _number(float, "a number of milliseconds >= 0", 0, 1e6)(n, raw) / 1000),
 }
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from dataclasses import replace
 
 from tornado.httpserver import HTTPServer
@@ -77,11 +78,16 @@ async def drain(server: HTTPServer, gateway: Gateway) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), 1.0)
     gateway.http_client.close()
+    await gateway.limiter.close()
     log.info("shutdown complete")
 
 
-async def serve(settings: Settings) -> None:
-    """Run until a signal, then drain. Returns normally (exit 0) after a drain."""
+async def serve(settings: Settings, sockets: list[socket.socket] | None = None, *, worker: bool = False) -> None:
+    """Run until a signal, then drain. Returns normally (exit 0) after a drain.
+
+    A pre-forked worker (server/workers.py) gets the parent's listening `sockets` and obeys SIGTERM
+    only: the parent turns SIGINT into one SIGTERM per worker, so a terminal's Ctrl-C (sent to the
+    whole process group) is not counted twice as "second signal: exit now"."""
     if settings.demo:
         _, base_url = start_demo_upstream(DemoOptions(delay=settings.demo_delay))
         settings = replace(settings, base_url=base_url, api_key="demo")
@@ -93,7 +99,7 @@ async def serve(settings: Settings) -> None:
         )
     gateway = Gateway.create(settings)
     server = make_server(settings, gateway)
-    sockets = bind_sockets(settings.port, settings.host)
+    sockets = sockets or bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     log.info("listening on http://%s:%d (model %s)", settings.host, port, settings.model)
@@ -109,7 +115,7 @@ async def serve(settings: Settings) -> None:
         log.warning("received %s", signal.Signals(signum).name)
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
     monitor.stop()

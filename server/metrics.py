@@ -7,10 +7,14 @@ never a raw path, key or IP. Hot-path updates happen once per upstream read, not
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by server/workers.py before it forks
 
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)  # streams too
 _LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 45.0, 60.0)
@@ -42,6 +46,9 @@ class Metrics:
         self.client_disconnects = Counter("client_disconnects", "Clients that left mid-stream", registry=r)
         self.rate_limited_total = Counter("rate_limited", "Requests refused at the edge", ["reason"], registry=r)
         self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway", ["phase"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.rate_limit_store_errors = Counter(
+            "rate_limit_store_errors", "Rate-limit decisions made without Redis (store unreachable)", registry=r
+        )
         self.loop_lag = Histogram("event_loop_lag_seconds", "How late a periodic timer fires", buckets=_LAG_BUCKETS, registry=r)
 
     def request_finished(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -68,4 +75,9 @@ class Metrics:
             self.client_disconnects.inc()
 
     def render(self) -> bytes:
+        """This process's registry; with several workers, every worker's values summed from the shared directory."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from typing import Protocol
 from middleware.client_keys import ClientKeys
 from middleware.cors import CorsPolicy
 from middleware.rate_limit import LimiterStore, MemoryStore
+from middleware.redis_store import RedisStore
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
@@ -64,11 +65,24 @@ class Gateway:
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None, limiter: LimiterStore | None = None) -> Gateway:
+        metrics = metrics or Metrics()
         return cls(
             settings=settings,
             http_client=PooledAsyncHTTPClient(force_instance=True),
-            limiter=limiter or MemoryStore(),
+            limiter=limiter or make_limiter(settings, metrics),
             client_keys=ClientKeys(settings.client_api_keys),
             cors=CorsPolicy(settings.cors_allowed_origins),
-            metrics=metrics or Metrics(),
+            metrics=metrics,
         )
+
+
+def make_limiter(settings: Settings, metrics: Metrics) -> LimiterStore:
+    """RATE_LIMIT_BACKEND=redis shares one budget per client across workers and hosts; memory is per process."""
+    if settings.rate_limit_backend == "redis":
+        return RedisStore.from_url(
+            settings.redis_url,
+            fail_open=settings.rate_limit_fail_mode == "open",
+            stream_ttl=settings.stream_max + settings.shutdown_timeout + 60,
+            on_error=metrics.rate_limit_store_errors.inc,
+        )
+    return MemoryStore()

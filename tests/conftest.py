@@ -27,6 +27,8 @@ from server.lifecycle import make_server  # noqa: E402
 from server.state import Gateway  # noqa: E402
 from tests.fault_upstream import FaultUpstream  # noqa: E402
 
+pytest_plugins = ["tests.services"]  # redis-server / nginx / supervisord / run.py subprocess fixtures
+
 
 @pytest.fixture
 def upstream(io_loop: Any) -> Iterator[FaultUpstream]:

@@ -1,0 +1,180 @@
+"""RATE_LIMIT_BACKEND=redis against a real redis-server: one budget across stores, workers and gateways;
+keys that expire; fail-open and fail-closed outages that log once, count, and heal by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from middleware.errors import ApiError
+from middleware.redis_store import RedisStore
+from tests.conftest import RunningGateway, chat
+from tests.services import GatewayProcess, RedisServer, metric, wait_for
+
+CLIENT = "ip:203.0.113.7"
+
+
+@pytest.fixture
+def stores(io_loop: Any, redis_server: RedisServer) -> Iterator[Callable[..., RedisStore]]:
+    """`stores(**options)`: RedisStores on the test Redis (each its own connection pool, like two hosts)."""
+    made: list[RedisStore] = []
+
+    def make(**options: Any) -> RedisStore:
+        store = RedisStore.from_url(redis_server.url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        io_loop.run_sync(store.close)
+
+
+async def test_two_stores_share_one_bucket(stores: Callable[..., RedisStore]) -> None:
+    first, second = stores(), stores()
+    decisions = [await (first if i % 2 else second).take(CLIENT, 0.01, 3) for i in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    assert {d.limit for d in decisions} == {3}
+    refused = decisions[-1]
+    assert refused.headers()["Retry-After"] == str(int(refused.retry_after) + 1)
+    assert 99 < refused.retry_after <= 100  # one token at 0.01/s, measured on Redis's clock
+    assert (await first.take("ip:198.51.100.1", 0.01, 3)).allowed  # another client has its own bucket
+
+
+async def test_bucket_refills_at_the_rate(stores: Callable[..., RedisStore]) -> None:
+    store = stores()
+    assert (await store.take(CLIENT, 20, 1)).allowed
+    refused = await store.take(CLIENT, 20, 1)
+    assert not refused.allowed and 0 < refused.retry_after <= 0.05
+    started = time.monotonic()
+
+    async def allowed() -> bool:
+        return (await store.take(CLIENT, 20, 1)).allowed
+
+    await wait_async(allowed, "a token to refill")
+    assert time.monotonic() - started < 1.0
+
+
+async def test_keys_expire_once_they_equal_a_fresh_one(stores: Callable[..., RedisStore], redis_server: RedisServer) -> None:
+    store = stores(stream_ttl=90)
+    await store.take(CLIENT, 2, 10)  # 1 token short of full: refills in 0.5 s
+    async with Redis.from_url(redis_server.url) as probe:
+        assert 0 < await probe.pttl(f"tas:rate:{CLIENT}") <= 500 + 1000
+        assert await store.acquire_stream(CLIENT, 2)
+        assert 0 < await probe.ttl(f"tas:streams:{CLIENT}") <= 90
+        await store.release_stream(CLIENT)
+        assert await probe.exists(f"tas:streams:{CLIENT}") == 0  # an empty count leaves no key
+
+
+async def test_stream_slots_are_shared_and_released(stores: Callable[..., RedisStore]) -> None:
+    first, second = stores(), stores()
+    assert [await first.acquire_stream(CLIENT, 2), await second.acquire_stream(CLIENT, 2), await first.acquire_stream(CLIENT, 2)] == [
+        True,
+        True,
+        False,
+    ]
+    await second.release_stream(CLIENT)
+    assert await first.acquire_stream(CLIENT, 2)
+
+
+async def test_outage_fails_open_logs_once_counts_and_recovers(
+    stores: Callable[..., RedisStore], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[int] = []
+    store = stores(retry_interval=0.05, on_error=lambda: errors.append(1))
+    assert (await store.take(CLIENT, 0.01, 1)).allowed
+    assert not (await store.take(CLIENT, 0.01, 1)).allowed
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+        outage = [await store.take(CLIENT, 0.01, 1) for _ in range(5)]
+        assert all(d.allowed for d in outage)
+        assert await store.acquire_stream(CLIENT, 1) and await store.acquire_stream(CLIENT, 1)  # not counted: not limited
+        assert len(errors) == 7
+        failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(failures) == 1 and "failing open" in failures[0].getMessage()
+        redis_server.start()  # empty: the restart lost the buckets and the loaded scripts
+
+        async def limited_again() -> bool:
+            return not (await store.take(CLIENT, 0.01, 1)).allowed
+
+        await wait_async(limited_again, "the store to use Redis again")
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    await store.release_stream(CLIENT)  # the slots admitted during the outage never reached Redis
+    await store.release_stream(CLIENT)
+    assert await store.acquire_stream(CLIENT, 1)
+    assert not await store.acquire_stream(CLIENT, 1)
+
+
+async def test_fail_closed_answers_503_with_retry_after(stores: Callable[..., RedisStore], redis_server: RedisServer) -> None:
+    store = stores(fail_open=False, retry_interval=2)
+    redis_server.stop()
+    for attempt in (store.take(CLIENT, 1, 1), store.acquire_stream(CLIENT, 1)):
+        with pytest.raises(ApiError) as raised:
+            await attempt
+        assert raised.value.status_code == 503
+        assert raised.value.error_type == "rate_limiter_unavailable"
+        assert raised.value.headers == {"Retry-After": "2"}
+    await store.release_stream(CLIENT)  # never raises: nothing is being decided
+
+
+async def test_gateway_with_redis_backend_limits_and_fails_closed(
+    start_gateway: Callable[..., RunningGateway], redis_server: RedisServer
+) -> None:
+    running = start_gateway(
+        RATE_LIMIT_BACKEND="redis", REDIS_URL=redis_server.url, RATE_LIMIT="0.01", RATE_LIMIT_BURST="2", RATE_LIMIT_FAIL_MODE="closed"
+    )
+    try:
+        answers = [await chat(running.port, {"prompt": "hi"}) for _ in range(3)]
+        assert [a.status for a in answers] == [200, 200, 429], [a.body for a in answers]
+        assert answers[2].header("RateLimit-Limit") == "2" and answers[2].header("Retry-After") == "100"
+        redis_server.stop()
+        refused = await chat(running.port, {"prompt": "hi"})
+        assert refused.status == 503
+        assert refused.header("Retry-After") == "1"
+        assert refused.json()["error_type"] == "rate_limiter_unavailable"
+        assert running.gateway.metrics.rate_limit_store_errors._value.get() == 1
+    finally:
+        await running.gateway.limiter.close()
+
+
+async def wait_async(probe: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+# -- two gateway processes, one Redis ----------------------------------------------------------------------
+
+
+def test_two_gateways_share_one_budget_and_ride_out_a_redis_outage(redis_server: RedisServer, spawn: Callable[..., Any]) -> None:
+    env = {
+        "RATE_LIMIT_BACKEND": "redis",
+        "REDIS_URL": redis_server.url,
+        "RATE_LIMIT": "0.01",
+        "RATE_LIMIT_BURST": "5",
+        "TRUSTED_PROXIES": "127.0.0.1",
+    }
+    gateways: list[GatewayProcess] = [spawn(GatewayProcess, name=name, **env) for name in ("a", "b")]
+
+    def alternate(client: str, count: int) -> list[int]:
+        return [gateways[i % 2].chat({"X-Forwarded-For": client}).status for i in range(count)]
+
+    assert alternate("198.51.100.1", 8) == [200] * 5 + [429] * 3  # 5 in all, not 5 per gateway
+
+    redis_server.stop()
+    assert alternate("198.51.100.1", 6) == [200] * 6  # fail open: still serving
+    for gateway in gateways:
+        assert len(gateway.logged("rate limit store unreachable", "ERROR")) == 1
+        assert metric(gateway.port, "rate_limit_store_errors_total") == 6  # 3 requests: a rate and a stream-slot decision each
+
+    redis_server.start()
+    for gateway in gateways:
+        wait_for(lambda g=gateway: g.chat({"X-Forwarded-For": "192.0.2.99"}) and g.logged("reachable again"), f"{gateway.name} to recover")
+    assert alternate("198.51.100.2", 7) == [200] * 5 + [429] * 2  # limits hold again
