@@ -57,6 +57,7 @@ class _Exchange:
         self.request = request
         self.code = 0
         self.reason = ""
+        self.version = "HTTP/1.1"
         self.headers = httputil.HTTPHeaders()
         self.started = False
         self.finished = False
@@ -67,7 +68,7 @@ class _Exchange:
         text = head.decode("latin-1")
         start, _, rest = text.partition("\n")
         line = httputil.parse_response_start_line(start.strip())
-        self.code, self.reason = line.code, line.reason
+        self.code, self.reason, self.version = line.code, line.reason, line.version
         self.headers = httputil.HTTPHeaders.parse(rest)
         if self.request.header_callback is not None:
             self.request.header_callback(f"{line.version} {line.code} {line.reason}\r\n")
@@ -205,7 +206,8 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
             if not 100 <= exchange.code < 200:
                 break
         headers = exchange.headers
-        keep_alive = headers.get("Connection", "").lower() != "close"
+        connection = headers.get("Connection", "").lower()
+        keep_alive = connection == "keep-alive" or (exchange.version == "HTTP/1.1" and connection != "close")
         if method == "HEAD" or exchange.code in (204, 304):
             exchange.finished = True
             return keep_alive

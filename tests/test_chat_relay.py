@@ -157,3 +157,26 @@ async def test_pooled_connection_is_reused(gateway: RunningGateway, upstream: Fa
         response = await chat(gateway.port, {"prompt": "x"})
         assert response.events[-1]["type"] == "done"
     assert gateway.gateway.http_client.open_connections() == 1
+
+
+async def test_http10_upstream_body_read_until_close(start_gateway) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        for piece in ("old ", "school"):
+            writer.write(f"data: {chunk_json(piece)}\n\n".encode())
+            await writer.drain()
+        writer.write(b"data: [DONE]\n\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway = start_gateway(OPENROUTER_BASE_URL=f"http://127.0.0.1:{port}/v1")
+    try:
+        for _ in range(2):
+            response = await chat(gateway.port, {"prompt": "x"})
+            assert response.text == "old school"
+            assert response.events[-1]["type"] == "done"
+        assert gateway.gateway.http_client.open_connections() == 0
+    finally:
+        server.close()
