@@ -171,6 +171,18 @@ async def test_prompts_and_answers_are_not_logged_by_default(
     assert all("prompt" not in r and "answer" not in r for r in parse(stream))
 
 
+async def test_log_prompts_logs_prompt_and_answer_on_one_line(
+    start_gateway: Callable[..., RunningGateway], upstream: FaultUpstream, capture_logs
+) -> None:
+    stream = capture_logs()
+    gateway = start_gateway(LOG_PROMPTS="true")
+    prompt = 'first line\nsecond "quoted" line\r\n\u2028ünïcode 😀'
+    upstream.scenarios = [Scenario(pieces=["An", "swer\n", "two"])]
+    assert (await chat(gateway.port, {"prompt": prompt}, {"X-Request-ID": "prompts-1"})).text == "Answer\ntwo"
+    finished = by_msg(parse(stream), "prompts-1", "stream finished")
+    assert (finished["prompt"], finished["answer"]) == (prompt, "Answer\ntwo")
+
+
 async def test_client_controlled_path_cannot_break_a_json_line(gateway: RunningGateway, capture_logs) -> None:
     stream = capture_logs()
     assert await get_raw_path(gateway.port, RAW_PATH, "path-1") == 404
