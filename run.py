@@ -1,4 +1,7 @@
-"""Start the gateway: `python run.py` (needs OPENROUTER_API_KEY) or `python run.py --demo` (offline)."""
+"""Start the gateway: `python run.py` (needs OPENROUTER_API_KEY) or `python run.py --demo` (offline).
+
+`python run.py chat "prompt" [--url URL] [--key KEY]` is the terminal client (server/client.py) instead.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import asyncio
 import sys
 
+from server import client
 from server.config import ConfigError, load_settings
 from server.lifecycle import serve
 from server.logs import configure_logging
@@ -13,7 +17,13 @@ from server.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="tornado-ai-stream: an SSE gateway for OpenRouter-compatible LLM APIs")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:
+        return client.main(argv[1:], prog="run.py chat")
+    parser = argparse.ArgumentParser(
+        description="tornado-ai-stream: an SSE gateway for OpenRouter-compatible LLM APIs",
+        epilog='terminal client: run.py chat "prompt" [--url URL] [--key KEY] (see run.py chat --help)',
+    )
     parser.add_argument("--demo", action="store_true", help="answer from the built-in demo upstream (no API key, no network)")
     args = parser.parse_args(argv)
     try:

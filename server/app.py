@@ -9,6 +9,7 @@ from handlers.chat import ChatHandler
 from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
 from handlers.openai import ChatCompletionsHandler, ModelsHandler, OpenAINotFoundHandler
+from handlers.web import WEB_ROUTES, web_settings
 from middleware.edge import log_completed
 from server.config import Settings
 from server.state import Gateway
@@ -25,10 +26,15 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
     ]
     if settings.metrics_enabled:
         routes.append((r"/metrics", MetricsHandler))
+    web: dict = {}
+    if settings.web_ui_enabled:
+        routes += WEB_ROUTES
+        web = web_settings()
     return Application(
         routes,
         gateway=gateway,
         default_handler_class=NotFoundHandler,
         log_function=log_completed,
         compress_response=False,
+        **web,
     )

@@ -1,0 +1,152 @@
+"""The terminal client: as a subprocess against `python run.py --demo`, and in-process against the fault upstream
+for the failures the demo never produces (a mid-stream error, client keys, a non-gateway server)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from server import client
+from server.client import ChatError, stream_chat
+from server.demo_upstream import FILLER
+from tests.conftest import ROOT, RunningGateway, free_port
+from tests.demo_server import DemoServer
+from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
+
+REQUEST_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def demo_answer(prompt: str) -> str:
+    return f'You said: "{prompt}". {FILLER}'
+
+
+def run_client(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.client", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    server = DemoServer(tmp_path_factory.mktemp("demo"), DEMO_DELAY_MS="20")
+    yield server
+    server.stop()
+
+
+# -- as a person uses it: a subprocess -------------------------------------------------------------------
+
+
+def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: DemoServer) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "chat", "--url", demo.url, "Hello there"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = os.read(process.stdout.fileno(), 65536)  # whatever the first flush carried
+    assert first and demo_answer("Hello there").encode().startswith(first)
+    assert process.poll() is None  # the first words are out while the answer is still streaming
+    rest, errors = process.communicate(timeout=30)
+    assert (first + rest).decode() == demo_answer("Hello there") + "\n"
+    assert errors == b""
+    assert process.returncode == 0
+
+
+def test_prompt_from_stdin(demo: DemoServer) -> None:
+    done = run_client("--url", demo.url, stdin="What is SSE?\n")
+    assert done.stdout == demo_answer("What is SSE?") + "\n"
+    assert done.returncode == 0
+
+
+def test_gateway_error_goes_to_stderr_with_the_request_id_and_exit_code_1(demo: DemoServer) -> None:
+    done = run_client("--url", demo.url, "x" * 5000)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    match = re.fullmatch(rf"error: (.+) \(HTTP 400, (\w+)\) \(request id ({REQUEST_ID})\)\n", done.stderr)
+    assert match, done.stderr
+    assert "4000" in match.group(1)
+    logged = demo.wait_for_log(lambda line: line.get("request_id") == match.group(3) and line.get("status") == 400)
+    assert logged["path"] == "/chat"
+
+
+def test_unreachable_gateway_fails_with_exit_code_1() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = run_client("--url", url, "hi")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: request to {url}/chat failed: ")
+    assert "Connection refused" in done.stderr
+
+
+def test_no_prompt_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("  \n"))
+    with pytest.raises(SystemExit) as exited:
+        client.main(["--url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "no prompt" in capsys.readouterr().err
+
+
+def test_main_in_process_reads_stdin_and_reports_errors(
+    demo: DemoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("piped prompt\n"))
+    assert client.main(["--url", demo.url]) == 0
+    assert capsys.readouterr().out == demo_answer("piped prompt") + "\n"
+    assert client.main(["--url", demo.url, "   "]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    expected = rf"error: 'prompt' must not be empty or blank \(HTTP 400, empty_prompt\) \(request id {REQUEST_ID}\)\n"
+    assert re.fullmatch(expected, captured.err)
+
+
+# -- failures the demo never produces: in-process against the fault upstream ------------------------------
+
+
+async def test_mid_stream_error_keeps_the_text_and_raises_with_the_request_id(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    error_line = '{"id": "g", "error": {"code": 502, "message": "Provider overloaded"}, "choices": []}'
+    upstream.scenarios = [Scenario(raw_lines=[chunk_json("partial answer"), error_line])]
+    out = io.StringIO()
+    with pytest.raises(ChatError) as failed:
+        await stream_chat(gateway.url, "x", out)
+    assert out.getvalue() == "partial answer\n"
+    assert re.fullmatch(rf".*Provider overloaded.* \(upstream_error\) \(request id {REQUEST_ID}\)", str(failed.value))
+
+
+async def test_client_key_is_sent_as_bearer(start_gateway: Any) -> None:
+    gateway = start_gateway(CLIENT_API_KEYS="k-cli-1")
+    out = io.StringIO()
+    with pytest.raises(ChatError) as failed:
+        await stream_chat(gateway.url, "x", out)
+    assert "(HTTP 401, unauthorized)" in str(failed.value)
+    assert out.getvalue() == ""
+    await stream_chat(gateway.url, "x", out, key="k-cli-1")
+    assert out.getvalue() == "Hello, world!\n"
+
+
+async def test_a_server_that_is_not_the_gateway(upstream: FaultUpstream) -> None:
+    with pytest.raises(ChatError) as failed:
+        await stream_chat(f"http://127.0.0.1:{upstream.port}", "x", io.StringIO())
+    assert str(failed.value) == "HTTP 404 Not Found"
+
+
+async def test_timeout_mid_stream(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    upstream.scenarios = [Scenario(pieces=["one ", "two"], hang_after=1)]
+    out = io.StringIO()
+    with pytest.raises(ChatError) as failed:
+        await stream_chat(gateway.url, "x", out, timeout=0.5)
+    assert out.getvalue() == "one \n"
+    assert re.fullmatch(rf"request to {gateway.url}/chat failed: Timeout during request \(request id {REQUEST_ID}\)", str(failed.value))

@@ -1,0 +1,291 @@
+"""The chat page: its routes and headers over raw sockets, then a real Chromium driving `python run.py --demo`.
+
+The browser tests use the page the way a person does (type, click Send or Stop, read) and fail on any
+console error, uncaught exception or CSP violation. Debian's chromium is used (no browser download).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from middleware.security_headers import API_CSP, PAGE_CSP
+from server.demo_upstream import FILLER
+from tests.conftest import ROOT, RunningGateway, request
+from tests.demo_server import DemoServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+TIMEOUT_MS = 15_000
+
+
+def demo_answer(prompt: str) -> str:
+    return f'You said: "{prompt}". {FILLER}'
+
+
+# -- routes and headers (in-process gateway, raw sockets) -----------------------------------------------
+
+
+def asset_url(page_body: bytes, name: str) -> str:
+    match = re.search(rf'"(/static/{re.escape(name)}\?v=[0-9a-f]+)"', page_body.decode())
+    assert match, f"{name} is not linked with a version hash"
+    return match.group(1)
+
+
+async def test_page_has_the_page_csp_and_every_edge_header(gateway: RunningGateway) -> None:
+    response = await request(gateway.port, "GET", "/", headers={"X-Request-ID": "page-1"})
+    assert response.status == 200
+    assert response.header("Content-Type") == "text/html; charset=UTF-8"
+    assert response.header("Content-Security-Policy") == PAGE_CSP
+    assert response.header("X-Request-ID") == "page-1"
+    assert response.header("X-Content-Type-Options") == "nosniff"
+    assert response.header("X-Frame-Options") == "DENY"
+    assert response.header("Cache-Control") == "no-cache"
+    assert response.header("Server") is None
+    assert asset_url(response.body, "app.js") and asset_url(response.body, "app.css")
+    assert b'id="key"' not in response.body  # no key field when client keys are off
+    health = await request(gateway.port, "GET", "/health")
+    assert health.header("Content-Security-Policy") == API_CSP  # API routes keep default-src 'none'
+
+
+async def test_static_files_are_cached_and_carry_the_edge(gateway: RunningGateway) -> None:
+    page = await request(gateway.port, "GET", "/")
+    versioned = await request(gateway.port, "GET", asset_url(page.body, "app.js"), headers={"X-Request-ID": "static-1"})
+    assert versioned.status == 200
+    assert versioned.header("Content-Type") in ("text/javascript", "application/javascript")
+    assert versioned.header("Cache-Control") == "max-age=315360000"
+    assert versioned.header("Content-Security-Policy") == PAGE_CSP
+    assert versioned.header("X-Request-ID") == "static-1"
+    assert versioned.header("X-Content-Type-Options") == "nosniff"
+    assert versioned.body == (ROOT / "server" / "static" / "app.js").read_bytes()
+    css = await request(gateway.port, "GET", "/static/app.css")
+    assert css.status == 200 and css.header("Content-Type") == "text/css"
+    assert css.header("Cache-Control") is None  # unversioned: revalidate with the ETag instead
+    again = await request(gateway.port, "GET", "/static/app.css", headers={"If-None-Match": css.header("Etag") or ""})
+    assert again.status == 304
+    assert again.header("X-Request-ID") and again.header("Content-Security-Policy") == PAGE_CSP
+
+
+async def test_missing_static_files_and_the_raw_template_get_the_json_404(gateway: RunningGateway) -> None:
+    for path in ("/static/missing.js", "/static/index.html", "/favicon.ico"):
+        response = await request(gateway.port, "GET", path, headers={"X-Request-ID": "miss-1"})
+        assert response.status == 404, path
+        assert response.header("Content-Type") == "application/json"
+        assert response.json()["error_type"] == "not_found"
+        assert response.json()["request_id"] == "miss-1"
+        assert response.header("X-Request-ID") == "miss-1"
+        assert response.header("Content-Security-Policy") == PAGE_CSP
+    outside = await request(gateway.port, "GET", "/static/%2e%2e/config.py")
+    assert outside.status == 403
+    assert outside.header("Content-Type") == "application/json"
+
+
+async def test_page_and_static_files_are_not_rate_limited(start_gateway: Any) -> None:
+    gateway = start_gateway(RATE_LIMIT="1", RATE_LIMIT_BURST="1")
+    for path in ("/", "/static/app.js", "/", "/static/app.css"):
+        response = await request(gateway.port, "GET", path)
+        assert response.status == 200, path
+        assert response.header("RateLimit-Limit") is None
+    posted = await request(gateway.port, "POST", "/", body={"prompt": "x"})
+    assert posted.status == 405
+    assert posted.json()["error_type"] == "method_not_allowed"
+
+
+async def test_web_ui_disabled_means_404_for_the_page_and_its_files(start_gateway: Any) -> None:
+    gateway = start_gateway(WEB_UI_ENABLED="false")
+    for path in ("/", "/static/app.js", "/static/app.css"):
+        response = await request(gateway.port, "GET", path)
+        assert response.status == 404, path
+        assert response.json()["error_type"] == "not_found"
+        assert response.header("Content-Security-Policy") == API_CSP
+
+
+async def test_page_has_a_key_field_when_client_keys_are_on(start_gateway: Any) -> None:
+    gateway = start_gateway(CLIENT_API_KEYS="k-1")
+    response = await request(gateway.port, "GET", "/")  # the page itself needs no key
+    assert response.status == 200
+    assert b'<input id="key"' in response.body
+
+
+# -- a person in a browser against `python run.py --demo` ---------------------------------------------
+
+
+class Watched:
+    """A page whose console errors, uncaught exceptions and CSP violations are all recorded."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        page.set_default_timeout(TIMEOUT_MS)
+        page.add_init_script(
+            "document.addEventListener('securitypolicyviolation', (e) =>"
+            " console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`));"
+        )
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"{message.type}: {message.text}")
+
+    def wait_state(self, state: str) -> None:
+        self.page.wait_for_selector(f'#status[data-state="{state}"]')
+
+    def send(self, prompt: str) -> None:
+        self.page.fill("#prompt", prompt)
+        self.page.click("#send")
+
+    def answer(self) -> str:
+        return self.page.text_content("#answer") or ""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    server = DemoServer(tmp_path_factory.mktemp("demo"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def watched(browser: Browser) -> Iterator[Watched]:
+    context = browser.new_context(viewport={"width": 900, "height": 620}, color_scheme="light")
+    yield Watched(context.new_page())
+    context.close()
+
+
+def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: DemoServer, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    # Sample the answer's length once per animation frame until the stream has ended.
+    page.evaluate(
+        """() => {
+            const answer = document.getElementById('answer'), status = document.getElementById('status');
+            window.sampled = [];
+            const tick = () => {
+                window.sampled.push(answer.textContent.length);
+                if (!['done', 'error', 'stopped'].includes(status.dataset.state)) requestAnimationFrame(tick);
+            };
+            requestAnimationFrame(tick);
+        }"""
+    )
+    prompt = "What is a server-sent event?"
+    with page.expect_response(lambda response: response.url.endswith("/chat")) as chat:
+        watched.send(prompt)
+    watched.wait_state("done")
+    expected = demo_answer(prompt)
+    assert watched.answer() == expected
+    lengths = page.evaluate("window.sampled")
+    assert lengths == sorted(lengths)  # the text only grows
+    growing = {length for length in lengths if 0 < length < len(expected)}
+    assert len(growing) >= 10, lengths  # seen partially on many frames, not all at once at the end
+    assert lengths[-1] == len(expected)
+    assert page.text_content("#request-id") == chat.value.headers["x-request-id"]
+    assert re.fullmatch(r"\d+ ms", page.text_content("#ttft") or "")
+    assert page.is_hidden("#error")
+    assert page.is_enabled("#send") and page.is_disabled("#stop")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOT)
+    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+    assert watched.problems == []
+
+
+def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: DemoServer, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    watched.send("Tell me a long story")
+    page.wait_for_function("() => document.getElementById('answer').textContent.length > 40")
+    assert page.is_disabled("#send")
+    page.click("#stop")
+    watched.wait_state("stopped")
+    request_id = page.text_content("#request-id")
+    logged = demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected" and line.get("request_id") == request_id)
+    assert logged["logger"] == "gateway.stream"
+    shown = watched.answer()
+    assert 40 < len(shown) < len(demo_answer("Tell me a long story"))
+    assert demo_answer("Tell me a long story").startswith(shown)
+    assert page.is_hidden("#error")
+    assert page.is_enabled("#send") and page.is_disabled("#stop")
+    assert watched.problems == []
+
+
+def test_html_in_the_answer_is_shown_as_text(demo: DemoServer, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    prompt = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
+    watched.send(prompt)
+    watched.wait_state("done")
+    assert watched.answer() == demo_answer(prompt)
+    assert page.locator("#answer *").count() == 0  # no <img>, no <b>: only text
+    assert page.locator("img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert watched.problems == []
+
+
+def test_the_page_csp_blocks_inline_script_and_style(demo: DemoServer, watched: Watched) -> None:
+    """The policy is strict, and the console listener sees violations (so `problems == []` above means something)."""
+    page = watched.page
+    page.goto(demo.url + "/")
+    with page.expect_console_message(lambda message: "CSP violation" in message.text):
+        blocked = page.evaluate(
+            """() => new Promise((resolve) => {
+                const seen = [];
+                document.addEventListener('securitypolicyviolation', (e) => {
+                    seen.push(e.violatedDirective);
+                    if (seen.length === 2) resolve(seen.sort());
+                });
+                const script = document.createElement('script');
+                script.textContent = 'window.inlineRan = 1';
+                document.body.append(script);
+                const styled = document.createElement('p');
+                styled.setAttribute('style', 'color: red');
+                document.body.append(styled);
+            })"""
+        )
+    assert blocked == ["script-src-elem", "style-src-attr"]
+    assert page.evaluate("window.inlineRan") is None
+
+
+def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: Path, browser: Browser, watched: Watched) -> None:
+    server = DemoServer(tmp_path, CLIENT_API_KEYS="k-web-1")
+    try:
+        page = watched.page
+        page.goto(server.url + "/")
+        watched.send("hello")
+        watched.wait_state("error")
+        error = page.text_content("#error") or ""
+        assert "missing or invalid client key" in error and "HTTP 401, unauthorized" in error
+        assert page.text_content("#request-id") in error
+        page.fill("#key", "k-web-1")
+        page.click("#send")
+        watched.wait_state("done")
+        assert watched.answer() == demo_answer("hello")
+        assert page.is_hidden("#error")
+        page.reload()
+        assert page.input_value("#key") == "k-web-1"  # kept in sessionStorage
+        # The browser reports the deliberate 401 itself; nothing else may show up.
+        assert [p for p in watched.problems if "status of 401" not in p] == []
+    finally:
+        server.stop()
