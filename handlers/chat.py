@@ -114,18 +114,6 @@ class ChatHandler(StreamingHandler):
             if chunk.error is not None:
                 failure = UpstreamError("upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None)
                 break
-        if not out:
-            if failure is not None:
-                raise failure
-            return None
-        if self.ttft is None:
+        if out and self.ttft is None:
             self.ttft = started - self.started_at
-        self.events += len(out)
-        self.call.commit()  # type: ignore[union-attr]
-        self.gateway.metrics.stream_events.inc(len(out))
-        if failure is not None:
-            self.write(b"".join(out))  # the text before the failure; the error event follows it
-            raise failure
-        flushed = self.send(b"".join(out))
-        self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
-        return flushed
+        return self.write_batch(out, failure, started)

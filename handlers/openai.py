@@ -167,21 +167,9 @@ class ChatCompletionsHandler(StreamingHandler):
             if chunk.content and self.ttft is None:
                 self.ttft = started - self.started_at
             out.append(encode_data(event.data))
-        if not out:
-            if failure is not None:
-                raise failure
-            return None
-        if not self._streaming:
+        if out and not self._streaming:
             self._begin()
-        self.call.commit()  # type: ignore[union-attr]
-        self.events += len(out)
-        self.gateway.metrics.stream_events.inc(len(out))
-        if failure is not None:
-            self.write(b"".join(out))  # the chunks before the failure; the error chunk follows them
-            raise failure
-        flushed = self.send(b"".join(out))
-        self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
-        return flushed
+        return self.write_batch(out, failure, started)
 
 
 class ModelsHandler(BaseHandler):

@@ -40,6 +40,7 @@ class StreamingHandler(BaseHandler):
     protected = True
 
     call: UpstreamCall | None = None
+    events = 0  # events relayed to the client
     _body: bytearray | None = None
     _slot_client: str | None = None
     _registered = False
@@ -123,6 +124,23 @@ class StreamingHandler(BaseHandler):
             stream.set_nodelay(True)  # small SSE writes go out now, not after Nagle's delay
         self._last_write = time.monotonic()
         self._arm_heartbeat(self.gateway.settings.heartbeat)
+
+    def write_batch(self, out: list[bytes], failure: UpstreamError | None, started: float) -> Awaitable[None] | None:
+        """One upstream read's client events: one write, one flush; then `failure`, if the read ended in one."""
+        if not out:
+            if failure is not None:
+                raise failure
+            return None
+        assert self.call is not None
+        self.call.commit()
+        self.events += len(out)
+        self.gateway.metrics.stream_events.inc(len(out))
+        if failure is not None:
+            self.write(b"".join(out))  # what came before the failure; the error event follows it
+            raise failure
+        flushed = self.send(b"".join(out))
+        self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
+        return flushed
 
     def set_server_timing(self, upstream_seconds: float | None = None) -> None:
         """`Server-Timing: gateway;dur=…` — time in the gateway so far (plus the upstream's first byte), for devtools."""
