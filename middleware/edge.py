@@ -91,7 +91,7 @@ class EdgeMixin(RequestHandler):
                     401,
                     "unauthorized",
                     "missing or invalid client key: send Authorization: Bearer <key>",
-                    headers={"WWW-Authenticate": 'Bearer realm="tornado-ai-stream"'},
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
         if self.rate_limited:
             settings = gateway.settings
