@@ -27,6 +27,7 @@ setup(
             "ruff>=0.6,<1",
             "openai>=1.40,<4",
             "supervisor>=4.2,<5",
+            "playwright>=1.45,<2",
         ],
     },
 )

@@ -1,8 +1,11 @@
 """The terminal client: `python run.py chat "prompt"` or `python -m server.client` (prompt from stdin when none given).
 
 It POSTs to `{url}/chat` and writes each `content` event to stdout the moment it arrives. Errors (an
-HTTP error before the stream, an `error` event, a stream cut short, no connection) go to stderr with the
-request id, and the exit code is 1. Everything comes from flags: the client reads no environment.
+HTTP error before the stream, an `error` event, a stream cut short, no connection, a timeout) go to
+stderr with the request id, and the exit code is 1. It uses the gateway's own `PooledAsyncHTTPClient`
+(an `AsyncHTTPClient`) because it can `abort()` a request at once: on `--timeout`, and when stdout is
+closed (`| head`), so the gateway stops the upstream instead of generating an answer nobody reads.
+Everything comes from flags: the client reads no environment.
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from tornado import httputil
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPRequest
+from tornado.ioloop import IOLoop
 
+from server.http_client import PooledAsyncHTTPClient
 from server.sse import SSEParser
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool killed by a closed pipe would report
 
 
 class ChatError(Exception):
@@ -29,16 +37,23 @@ class ChatError(Exception):
 
 
 class _Reply:
-    """One response as it arrives: headers first, then the body fed to the SSE parser or kept for a JSON error."""
+    """One response as it arrives: headers first, then the body fed to the SSE parser or kept for a JSON error.
 
-    def __init__(self, out: TextIO) -> None:
+    Callbacks never raise (the HTTP client would only see the error at its next read); a problem is
+    recorded in `failure` and the request is aborted.
+    """
+
+    def __init__(self, out: TextIO, abort: Callable[[], None]) -> None:
         self.out = out
+        self.abort = abort
         self.status = 0
         self.headers = httputil.HTTPHeaders()
         self.parser = SSEParser()
         self.error_body = b""
         self.ended: dict[str, Any] | None = None  # the terminal event
-        self.wrote_newline = True
+        self.failure: str | None = None
+        self.stdout_closed = False
+        self.at_line_start = True
 
     def on_header(self, line: str) -> None:
         line = line.rstrip("\r\n")
@@ -49,71 +64,93 @@ class _Reply:
             self.headers.parse_line(line)
 
     @property
+    def request_id(self) -> str | None:
+        return self.headers.get("X-Request-ID")
+
+    @property
     def streaming(self) -> bool:
         return self.status == 200 and self.headers.get("Content-Type", "").startswith("text/event-stream")
 
+    def stop(self, failure: str) -> None:
+        self.failure = failure
+        self.abort()
+
     def on_chunk(self, chunk: bytes) -> None:
+        if self.failure is not None or self.ended is not None:
+            return
         if not self.streaming:
             self.error_body += chunk
             return
-        for event in self.parser.feed(chunk):
-            message = json.loads(event.data)
-            if message.get("type") == "content" and self.ended is None:
-                text = message.get("content", "")
-                self.out.write(text)
-                self.out.flush()
-                if text:
-                    self.wrote_newline = text.endswith("\n")
-            elif message.get("type") in ("done", "error"):
-                self.ended = message
+        try:
+            for event in self.parser.feed(chunk):
+                self._on_event(json.loads(event.data))
+        except BrokenPipeError:
+            self.stdout_closed = True
+            self.stop("stdout was closed")
+        except ValueError as error:  # not the gateway's SSE: bad JSON, or a line past the parser's cap
+            self.stop(f"unreadable event stream: {error}")
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "content" and message.get("content"):
+            text = message["content"]
+            self.out.write(text)
+            self.out.flush()
+            self.at_line_start = text.endswith("\n")
+        elif kind in ("done", "error"):
+            self.ended = message
 
     def outcome(self) -> None:
         """Raise ChatError unless the stream ended with `done`."""
-        request_id = self.headers.get("X-Request-ID")
+        if self.ended is not None and self.ended.get("type") == "error":
+            message = f"{self.ended.get('content')} ({self.ended.get('error_type')})"
+            raise ChatError(message, self.ended.get("request_id") or self.request_id)
+        if self.ended is not None:
+            return
+        if self.failure is not None:
+            raise ChatError(self.failure, self.request_id)
         if not self.streaming:
             try:
                 body = json.loads(self.error_body)
                 message = f"{body['message']} (HTTP {self.status}, {body['error_type']})"
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {self.status} {httputil.responses.get(self.status, '')}".rstrip()
-            raise ChatError(message, request_id)
-        if self.ended is None:
-            raise ChatError("the stream ended before the answer was complete", request_id)
-        if self.ended.get("type") == "error":
-            raise ChatError(f"{self.ended.get('content')} ({self.ended.get('error_type')})", self.ended.get("request_id") or request_id)
+            raise ChatError(message, self.request_id)
+        raise ChatError("the stream ended before the answer was complete", self.request_id)
 
 
 async def stream_chat(url: str, prompt: str, out: TextIO, key: str | None = None, timeout: float = 600.0) -> None:
-    """Stream the answer to `out`; raise ChatError on any failure (the text received so far stays written)."""
-    reply = _Reply(out)
+    """Stream the answer to `out`; raise ChatError on any failure (the text received so far stays written).
+
+    Raises BrokenPipeError when `out` was closed by its reader; the request is aborted then.
+    """
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    request = HTTPRequest(
-        url.rstrip("/") + "/chat",
-        method="POST",
-        headers=headers,
-        body=json.dumps({"prompt": prompt}),
-        connect_timeout=10.0,
-        request_timeout=timeout,
-        header_callback=reply.on_header,
-        streaming_callback=reply.on_chunk,
-        follow_redirects=False,
-    )
-    client = AsyncHTTPClient(force_instance=True)
-    failure: Exception | None = None
+    client = PooledAsyncHTTPClient(force_instance=True)
+    request = HTTPRequest(url.rstrip("/") + "/chat", method="POST", headers=headers, body=json.dumps({"prompt": prompt}))
+    reply = _Reply(out, lambda: client.abort(request))
+    request.header_callback = reply.on_header
+    request.streaming_callback = reply.on_chunk
+    request.connect_timeout = min(timeout, 10.0)
+    timer = IOLoop.current().call_later(timeout, reply.stop, f"no complete answer within {timeout:g} seconds")
+    error: Exception | None = None
     try:
-        await client.fetch(request, raise_error=False)  # still raises when no whole HTTP response arrived
-    except (OSError, HTTPClientError, ValueError) as error:  # refused, timed out, cut off, or not our JSON
-        failure = error
+        await client.fetch(request, raise_error=False)
+    except Exception as exc:  # no whole HTTP response (refused, cut off, aborted): the client's 599 errors
+        error = exc
     finally:
+        IOLoop.current().remove_timeout(timer)
         client.close()
+    if reply.stdout_closed:
+        raise BrokenPipeError("stdout was closed")
     try:
-        if failure is not None and reply.ended is None:
-            raise ChatError(f"request to {request.url} failed: {failure}", reply.headers.get("X-Request-ID"))
+        if error is not None and reply.failure is None and reply.ended is None:
+            cause = getattr(error, "real_error", None) or error  # StreamClosedError wraps the OSError
+            raise ChatError(f"request to {request.url} failed: {cause}", reply.request_id)
         reply.outcome()
     finally:
-        if not reply.wrote_newline:  # leave the shell prompt on a line of its own
+        if not reply.at_line_start:  # leave the shell prompt on a line of its own
             out.write("\n")
             out.flush()
 
@@ -128,11 +165,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read().strip()
     if not prompt:
         parser.error("no prompt: pass it as an argument or on stdin")
+    if not args.timeout > 0:
+        parser.error("--timeout must be a number of seconds > 0")
     try:
         asyncio.run(stream_chat(args.url, prompt, sys.stdout, args.key, args.timeout))
     except ChatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Whoever read stdout is gone (`| head`): exit quietly, and keep Python's final flush from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

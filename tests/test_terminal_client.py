@@ -66,6 +66,21 @@ def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: DemoServer
     assert process.returncode == 0
 
 
+def test_closed_stdout_aborts_the_request_quietly(demo: DemoServer) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.client", "--url", demo.url, "A long answer, please"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert os.read(process.stdout.fileno(), 65536).startswith(b"You")
+    process.stdout.close()  # like `| head -c 3` exiting
+    assert process.wait(10) == client.EXIT_BROKEN_PIPE
+    assert process.stderr.read() == b""
+    demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected")  # the gateway stopped the upstream
+
+
 def test_prompt_from_stdin(demo: DemoServer) -> None:
     done = run_client("--url", demo.url, stdin="What is SSE?\n")
     assert done.stdout == demo_answer("What is SSE?") + "\n"
@@ -92,12 +107,13 @@ def test_unreachable_gateway_fails_with_exit_code_1() -> None:
     assert "Connection refused" in done.stderr
 
 
-def test_no_prompt_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("  \n"))
-    with pytest.raises(SystemExit) as exited:
-        client.main(["--url", "http://127.0.0.1:1"])
-    assert exited.value.code == 2
-    assert "no prompt" in capsys.readouterr().err
+    for argv, message in ((["--url", "http://127.0.0.1:1"], "no prompt"), (["--timeout", "0", "hi"], "--timeout must be")):
+        with pytest.raises(SystemExit) as exited:
+            client.main(argv)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_main_in_process_reads_stdin_and_reports_errors(
@@ -149,4 +165,5 @@ async def test_timeout_mid_stream(gateway: RunningGateway, upstream: FaultUpstre
     with pytest.raises(ChatError) as failed:
         await stream_chat(gateway.url, "x", out, timeout=0.5)
     assert out.getvalue() == "one \n"
-    assert re.fullmatch(rf"request to {gateway.url}/chat failed: Timeout during request \(request id {REQUEST_ID}\)", str(failed.value))
+    assert re.fullmatch(rf"no complete answer within 0.5 seconds \(request id {REQUEST_ID}\)", str(failed.value))
+    assert await upstream.wait_closed()  # the abort reached the gateway, which closed the upstream
