@@ -106,8 +106,6 @@ class JsonFormatter(logging.Formatter):
         entry.update(_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exc"] = record.exc_text
         # The characters left raw by ensure_ascii=False only occur inside strings, where \uXXXX is valid JSON.
         return _JSON_UNSAFE.sub(_escape_char, json.dumps(entry, ensure_ascii=False, default=str))
 
@@ -140,8 +138,8 @@ class ConsoleFormatter(logging.Formatter):
             parts.append(f"{duration}ms")
         parts.append(self._part("", record.getMessage()))
         parts.extend(self._part("", f"{name}={_console_value(value)}") for name, value in fields.items())
-        if record.exc_info or record.exc_text:
-            parts.append(self._part("", "exc=" + json.dumps(record.exc_text or self.formatException(record.exc_info), ensure_ascii=False)))
+        if record.exc_info:
+            parts.append(self._part("", "exc=" + json.dumps(self.formatException(record.exc_info), ensure_ascii=False)))
         return " ".join(parts)
 
 

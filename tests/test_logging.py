@@ -214,6 +214,7 @@ async def test_uncaught_exception_is_one_line_with_exc_and_request_id(gateway: R
 
 async def test_tornado_loggers_share_the_one_formatter(gateway: RunningGateway, capture_logs) -> None:
     enable_pretty_logging()  # what tornado.options would do: a second handler with Tornado's own format
+    logging.getLogger("tornado.access").addHandler(logging.StreamHandler(io.StringIO()))  # a stray per-logger handler
     stream = capture_logs(level="INFO")
     root = logging.getLogger()
     assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, JsonFormatter)
