@@ -68,13 +68,12 @@ class ChatHandler(StreamingHandler):
         except UpstreamError as error:
             fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
             outcome = self.outcome_of(error)
+            self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
             if outcome != "client_disconnected" and not self._client_gone:
                 extra: dict[str, Any] = {"error_type": error.error_type}
                 if error.status is not None:
                     extra["status"] = error.status
-                self.write(chat_event("error", error.message, request_id, **extra))
-                self.finish()
-            self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
+                self.finish(chat_event("error", error.message, request_id, **extra))
             return
         fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
         done: dict[str, Any] = {}
@@ -82,8 +81,6 @@ class ChatHandler(StreamingHandler):
             done["finish_reason"] = self.finish_reason
         if self.usage is not None:
             done["usage"] = self.usage
-        self.write(chat_event("done", "", request_id, **done))
-        self.finish()
         self.log_outcome(
             "finished",
             self.events,
@@ -93,6 +90,7 @@ class ChatHandler(StreamingHandler):
             finish_reason=self.finish_reason,
             **fields,
         )
+        self.finish(chat_event("done", "", request_id, **done))
 
     def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
         """One upstream read's events -> one write and one flush of content events."""

@@ -91,8 +91,6 @@ class ChatCompletionsHandler(StreamingHandler):
             if outcome == "client_disconnected":
                 return
             raise self._http_error(error) from None
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(answer, ensure_ascii=False))
         choices = answer.get("choices")
         finish_reason = choices[0].get("finish_reason") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         usage = answer.get("usage")
@@ -105,6 +103,8 @@ class ChatCompletionsHandler(StreamingHandler):
             finish_reason=finish_reason,
             **fields,
         )
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(answer, ensure_ascii=False))
 
     # -- stream: true -------------------------------------------------------------------------------
     async def _stream(self, request: OpenAIChatRequest) -> None:
@@ -129,9 +129,6 @@ class ChatCompletionsHandler(StreamingHandler):
             body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
             self.finish(encode_data(json.dumps(body, ensure_ascii=False)) + DONE_EVENT)
             return
-        if not self._streaming:  # an upstream that answered [DONE] and nothing else
-            self._begin()
-        self.finish(DONE_EVENT)
         self.log_outcome(
             "finished",
             self.events,
@@ -141,6 +138,9 @@ class ChatCompletionsHandler(StreamingHandler):
             finish_reason=self.finish_reason,
             **fields,
         )
+        if not self._streaming:  # an upstream that answered [DONE] and nothing else
+            self._begin()
+        self.finish(DONE_EVENT)
 
     def _begin(self) -> None:
         self._streaming = True

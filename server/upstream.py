@@ -318,7 +318,12 @@ class _StreamAttempt:
             content_type = self.call.response_headers.get("Content-Type", "")
             self.streaming = 200 <= self.call.status < 300 and not content_type.startswith("application/json")
             ttfb = (self.loop.time() - self.sent_at) * 1000
-            log.info("upstream connected: HTTP %d after %.1f ms", self.call.status, ttfb, extra={"upstream_status": self.call.status})
+            log.info(
+                "upstream connected: HTTP %d after %.1f ms",
+                self.call.status,
+                ttfb,
+                extra={"upstream_status": self.call.status, "ttfb_ms": round(ttfb, 2)},
+            )
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if not self.streaming:
