@@ -106,15 +106,18 @@ def check_messages(value: Any, settings: Settings, content: Callable[[str, Any],
         field = f"messages[{index}]"
         if not isinstance(message, dict):
             raise invalid(field, f"'{field}' must be an object", "invalid_type")
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:  # a list or object here is unhashable: check the type first
             raise invalid(f"{field}.role", f"'{field}.role' must be one of system, user, assistant", "invalid_role")
         extra = sorted(set(message) - {"role", "content", "name"})
         if extra:
             raise invalid(f"{field}.{extra[0]}", f"unknown field '{field}.{extra[0]}'", "unknown_field")
         text = content(f"{field}.content", message.get("content"))
         total += len(text)
-        normalised = {"role": message["role"], "content": text}
-        if isinstance(message.get("name"), str):
+        normalised = {"role": role, "content": text}
+        if "name" in message:
+            if not isinstance(message["name"], str):
+                raise invalid(f"{field}.name", f"'{field}.name' must be a string", "invalid_type")
             normalised["name"] = message["name"]
         messages.append(normalised)
     if total > settings.max_prompt_length * MAX_MESSAGES:

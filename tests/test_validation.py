@@ -143,6 +143,26 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"prompt": "hi", "max_tokens": "10"}, "invalid_type", "'max_tokens' must be an integer"),
     ({"prompt": "hi", "model": "gpt-4"}, "invalid_model", "'model' must look like vendor/name"),
     ({"prompt": "hi", "model": ["a/b"]}, "invalid_type", "'model' must be a string"),
+    ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "invalid_request", "send exactly one of 'prompt' or 'messages'"),
+    ({"messages": []}, "invalid_type", "'messages' must be a non-empty array"),
+    ({"messages": {"role": "user"}}, "invalid_type", "'messages' must be a non-empty array"),
+    ({"messages": [{"role": "user", "content": "x"}] * 65}, "too_many_messages", "'messages' has 65 items; the limit is 64"),
+    ({"messages": ["hi"]}, "invalid_type", "'messages[0]' must be an object"),
+    ({"messages": [{"role": ["user"], "content": "x"}]}, "invalid_role", "'messages[0].role' must be one of system, user, assistant"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "invalid_role", "'messages[0].role' must be one of system, user, assistant"),
+    ({"messages": [{"role": "user", "content": "x", "tool": 1}]}, "unknown_field", "unknown field 'messages[0].tool'"),
+    ({"messages": [{"role": "user", "content": "x", "name": 7}]}, "invalid_type", "'messages[0].name' must be a string"),
+    ({"messages": [{"role": "user"}]}, "invalid_type", "'messages[0].content' must be a string"),
+    (
+        {"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "\t"}]},
+        "empty_prompt",
+        "'messages[1].content' must not be empty or blank",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "x" * 10}] * 64 + [{"role": "user", "content": "x"}]},
+        "too_many_messages",
+        "'messages' has 65 items; the limit is 64",
+    ),
 ]
 
 
@@ -177,6 +197,17 @@ async def test_optional_fields_are_forwarded_upstream(start_gateway, upstream: F
     }
     assert (await chat(gateway.port, {"prompt": "hi", "temperature": 2, "max_tokens": 1})).status == 200
     assert (upstream.requests[1]["body"]["temperature"], upstream.requests[1]["body"]["max_tokens"]) == (2, 1)
+
+
+async def test_messages_are_forwarded_in_order(start_gateway, upstream: FaultUpstream) -> None:
+    gateway = start_gateway()
+    messages = [
+        {"role": "user", "content": "Hi", "name": "ann"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Again\n"},
+    ]
+    assert (await chat(gateway.port, {"messages": messages, "system": "Be brief."})).status == 200
+    assert upstream.requests[0]["body"]["messages"] == [{"role": "system", "content": "Be brief."}, *messages]
 
 
 async def test_allowed_models(start_gateway, upstream: FaultUpstream) -> None:
@@ -233,6 +264,7 @@ def background() -> Iterator[BackgroundGateway]:
     running.close()
 
 
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=64)  # any code point JSON can carry, controls included
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -246,11 +278,13 @@ chat_bodies = st.fixed_dictionaries(
         "model": st.sampled_from(["a/b", "openai/gpt-4o", "nope", ""]) | json_values,
         "temperature": st.floats() | json_values,
         "max_tokens": st.integers() | json_values,
-        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]), "content": json_values})),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]) | json_values, "content": texts | json_values}),
+            max_size=3,
+        ),
         "promt": json_values,
     },
 )
-texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=64)  # any code point JSON can carry, controls included
 near_valid = st.fixed_dictionaries(
     {"prompt": texts},
     optional={
