@@ -268,6 +268,34 @@ def test_the_page_csp_blocks_inline_script_and_style(demo: DemoServer, watched: 
     assert page.evaluate("window.inlineRan") is None
 
 
+SSE_CASES = [
+    # (stream, [(type, data, lastEventId), ...]) per the WHATWG event-stream rules
+    ("data: a\n\n", [("message", "a", "")]),
+    ("\ufeffdata: bom\r\ndata:  two\r\n\r\n", [("message", "bom\n two", "")]),
+    (": ping\n\nevent: x\nid: 7\ndata:no-space\n\ndata: after\n\n", [("x", "no-space", "7"), ("message", "after", "7")]),
+    ("data: cr\rdata\r\rretry: 5\nunknown: 1\n\n", [("message", "cr\n", "")]),
+    ('data: {"content": "\u4e16\u754c"}\n\ndata: cut off', [("message", '{"content": "\u4e16\u754c"}', "")]),
+]
+
+
+def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: DemoServer, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    for stream, expected in SSE_CASES:
+        for split in ("whole", "chars"):
+            events = page.evaluate(
+                """async ([stream, split]) => {
+                    const { SSEParser } = await import(document.querySelector('script[type=module]').src);
+                    const parser = new SSEParser();
+                    const pieces = split === 'whole' ? [stream] : [...stream];
+                    return pieces.flatMap((piece) => parser.feed(piece)).map((e) => [e.type, e.data, e.lastEventId]);
+                }""",
+                [stream, split],
+            )
+            assert [tuple(event) for event in events] == expected, (stream, split)
+    assert watched.problems == []
+
+
 def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: Path, browser: Browser, watched: Watched) -> None:
     server = DemoServer(tmp_path, CLIENT_API_KEYS="k-web-1")
     try:
