@@ -271,6 +271,7 @@ class Nginx(Service):
             "events { worker_connections 256; }\n"
             "http {\n"
             f"  access_log {self.workdir}/nginx-access.log;\n"
+            "  proxy_ignore_headers X-Accel-Buffering;\n"  # the site's own proxy_buffering must do the job
             + "".join(f"  {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
             + f"  include {self.workdir}/site.conf;\n}}\n"
         )

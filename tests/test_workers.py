@@ -1,0 +1,75 @@
+"""WORKERS=2: `python run.py` pre-forks two workers on one socket; both serve, metrics add up across them,
+SIGTERM drains both and exits 0, and a worker killed with -9 is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tests.services import EventStream, GatewayProcess, health, metric, wait_for
+
+HEALTH_OK = 'http_requests_total{method="GET",route="/health",status="200"}'
+
+
+def worker_pids(gateway: GatewayProcess, want: int = 2) -> tuple[set[int], int]:
+    """Ask /health on fresh connections until `want` distinct workers answered; also how many asks it took."""
+    pids: set[int] = set()
+    asked = 0
+
+    def probe() -> bool:
+        nonlocal asked
+        answers = [health(gateway.port) for _ in range(4)]
+        asked += len(answers)
+        pids.update(a.json()["pid"] for a in answers if a is not None)
+        return len(pids) >= want
+
+    wait_for(probe, f"{want} distinct workers to answer /health")
+    return pids, asked
+
+
+def test_two_workers_serve_and_metrics_add_up(spawn: Callable[..., Any]) -> None:
+    gateway = spawn(GatewayProcess, WORKERS="2")
+    before = metric(gateway.port, HEALTH_OK)  # includes the readiness probes; read before our own asks
+    pids, asked = worker_pids(gateway)
+    assert len(pids) == 2 and gateway.pid not in pids
+    # Summed over both workers, whichever answers. A worker counts a request just after sending its answer,
+    # so the last count may land a moment after the client has it: poll for the exact total.
+    wait_for(lambda: metric(gateway.port, HEALTH_OK) == before + asked, f"/metrics to count {before + asked} /health answers")
+    assert len(gateway.logged("listening on")) == 2
+
+
+def test_sigterm_drains_both_workers_and_exits_0(spawn: Callable[..., Any]) -> None:
+    gateway = spawn(GatewayProcess, WORKERS="2", DEMO_DELAY_MS="25")
+    worker_pids(gateway)
+    streams = [EventStream(gateway.port) for _ in range(4)]
+    for stream in streams:
+        assert stream.status == 200
+        assert stream.next_event() is not None  # connected: the stream is open in a worker
+    gateway.signal(signal.SIGTERM)
+    results: list[list[dict[str, Any]]] = [[] for _ in streams]
+    readers = [threading.Thread(target=lambda i=i: results[i].extend(streams[i].rest())) for i in range(len(streams))]
+    for reader in readers:
+        reader.start()
+    assert gateway.wait(15) == 0
+    for reader in readers:
+        reader.join(5)
+    assert [events[-1]["type"] for events in results] == ["done"] * 4  # every stream finished during the drain
+    assert len(gateway.logged("received SIGTERM: draining workers")) == 1
+    assert len(gateway.logged("stopped (exit code 0)")) == 2
+    assert len(gateway.logged("shutdown complete")) == 2
+    assert health(gateway.port) is None  # the socket is closed
+
+
+def test_a_killed_worker_is_replaced(spawn: Callable[..., Any]) -> None:
+    gateway = spawn(GatewayProcess, WORKERS="2")
+    pids, _ = worker_pids(gateway)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: gateway.logged(f"worker {victim} died (SIGKILL): starting a new one", "ERROR"), "the supervisor to notice")
+    survivors, _ = worker_pids(gateway)  # two workers answer again, the replacement among them
+    assert victim not in survivors and len(survivors & pids) == 1
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(10) == 0
