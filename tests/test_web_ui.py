@@ -296,7 +296,7 @@ def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: DemoServer, wa
     assert watched.problems == []
 
 
-def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: Path, browser: Browser, watched: Watched) -> None:
+def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: Path, watched: Watched) -> None:
     server = DemoServer(tmp_path, CLIENT_API_KEYS="k-web-1")
     try:
         page = watched.page
