@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from middleware.errors import ApiError
 from middleware.redis_store import RedisStore
+from server.config import ConfigError, load_settings
 from tests.conftest import RunningGateway, chat
 from tests.services import GatewayProcess, RedisServer, metric, wait_for
 
@@ -178,3 +179,21 @@ def test_two_gateways_share_one_budget_and_ride_out_a_redis_outage(redis_server:
     for gateway in gateways:
         wait_for(lambda g=gateway: g.chat({"X-Forwarded-For": "192.0.2.99"}) and g.logged("reachable again"), f"{gateway.name} to recover")
     assert alternate("198.51.100.2", 7) == [200] * 5 + [429] * 2  # limits hold again
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("RATE_LIMIT_BACKEND", "memcached", "RATE_LIMIT_BACKEND must be one of memory|redis (got 'memcached')"),
+        ("RATE_LIMIT_FAIL_MODE", "maybe", "RATE_LIMIT_FAIL_MODE must be one of open|closed (got 'maybe')"),
+        (
+            "REDIS_URL",
+            "http://:secret@cache:6379",
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL such as redis://127.0.0.1:6379/0",
+        ),
+    ],
+)
+def test_bad_redis_settings_are_refused_without_echoing_a_password(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"OPENROUTER_API_KEY": "k", variable: value})
+    assert str(raised.value) == expected

@@ -9,6 +9,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from server.config import ConfigError, load_settings
+from server.workers import worker_count
 from tests.services import EventStream, GatewayProcess, health, metric, wait_for
 
 HEALTH_OK = 'http_requests_total{method="GET",route="/health",status="200"}'
@@ -73,3 +77,11 @@ def test_a_killed_worker_is_replaced(spawn: Callable[..., Any]) -> None:
     assert victim not in survivors and len(survivors & pids) == 1
     gateway.signal(signal.SIGTERM)
     assert gateway.wait(10) == 0
+
+
+def test_workers_setting() -> None:
+    assert worker_count(load_settings({"OPENROUTER_API_KEY": "k"})) == 1
+    assert worker_count(load_settings({"OPENROUTER_API_KEY": "k", "WORKERS": "3"})) == 3
+    assert worker_count(load_settings({"OPENROUTER_API_KEY": "k", "WORKERS": "0"})) == os.cpu_count()
+    with pytest.raises(ConfigError, match=r"WORKERS must be a whole number of processes >= 0 \(0 = one per core\) \(got '-1'\)"):
+        load_settings({"OPENROUTER_API_KEY": "k", "WORKERS": "-1"})
