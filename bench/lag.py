@@ -28,7 +28,7 @@ def parse_lag(text: str) -> Buckets:
 
 
 def quantile(before: Buckets, after: Buckets, q: float) -> tuple[float, int]:
-    """The q-quantile (seconds) of the samples taken between two scrapes, and how many there were."""
+    """The q-quantile (seconds) of the samples taken between two scrapes (inf: beyond the top bucket), and how many."""
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
     total = counts[-1] if counts else 0.0
@@ -39,7 +39,7 @@ def quantile(before: Buckets, after: Buckets, q: float) -> tuple[float, int]:
     for bound, cumulative in zip(bounds, counts, strict=True):
         if cumulative >= rank:
             if math.isinf(bound):
-                return lower, int(total)  # beyond the last finite bucket: its bound is the best we know
+                return math.inf, int(total)  # beyond the last finite bucket: no upper bound is known
             inside = cumulative - below
             return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0), int(total)
         lower, below = bound, cumulative

@@ -51,6 +51,15 @@ def pin(pid: int, cpus: set[int] | None) -> None:
             os.sched_setaffinity(pid, cpus)
 
 
+def set_niceness(value: int) -> bool:
+    """Set this process's nice value; False when not allowed (raising priority needs root)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class Service:
     name: str

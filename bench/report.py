@@ -35,9 +35,10 @@ def machine() -> str:
     except OSError:
         pass
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
         f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
-        f"Tornado {tornado.version}, {when}"
+        f"Tornado {tornado.version}, {when}, load average at the end {load}"
     )
 
 

@@ -74,9 +74,10 @@ class OpenStreamsResult:
     still_open: int  # streams still open when the window ended
     rss_base_mb: float
     rss_open_mb: float
-    lag_p99_ms: float
+    lag_p99_ms: float  # inf when beyond the histogram's top bucket
     lag_samples: int
     ramp_seconds: float
+    cpu_share: float  # the gateway's CPU seconds per second during the window
 
     @property
     def kb_per_stream(self) -> float:
@@ -97,14 +98,17 @@ async def open_streams(gateway: procs.Service, count: int, hold: float, ramp_tim
     ramp = time.perf_counter() - started
     streaming = held.streaming()
     before = await asyncio.to_thread(lag.scrape_lag, gateway.port)
+    cpu = gateway.cpu()
+    window = time.perf_counter()
     await asyncio.sleep(hold)
+    cpu_share = (gateway.cpu() - cpu) / (time.perf_counter() - window)
     after = await asyncio.to_thread(lag.scrape_lag, gateway.port)
     rss = gateway.rss()
     still_open = sum(1 for c in held.connections if c.usable)
     p99, samples = lag.quantile(before, after, 0.99)
     await held.close()
     mb = 1024 * 1024
-    return OpenStreamsResult(count, streaming, still_open, base / mb, rss / mb, p99 * 1000, samples, ramp)
+    return OpenStreamsResult(count, streaming, still_open, base / mb, rss / mb, p99 * 1000, samples, ramp, cpu_share)
 
 
 async def _wait_streaming(held: loadgen.OpenStreams, count: int, timeout: float) -> None:
