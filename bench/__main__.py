@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--concurrency", default="1,16,64,256", help="comma list (default 1,16,64,256)")
     parser.add_argument("--answer-words", type=int, default=200, help="chunks per answer (default 200)")
     parser.add_argument("--hold", type=float, help="seconds the open streams are watched (default 20, quick 5)")
-    parser.add_argument("--slow-delay-ms", type=float, default=2000.0, help="delay between chunks of the slow streams (default 2000)")
+    parser.add_argument("--slow-delay-ms", type=float, default=5000.0, help="delay between chunks of the slow streams (default 5000)")
     parser.add_argument("--limiter-clients", type=int, help="distinct client ids for phase 4 (default 1000000, quick 200000)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--peer", choices=("litellm",), help="also measure this peer against the same upstream")
