@@ -54,7 +54,7 @@ class ChatHandler(StreamingHandler):
         self.set_server_timing()
         self.begin_stream()
         try:
-            await self.send(chat_event("connected", "", request_id))
+            await self.send_now(chat_event("connected", "", request_id))
         except ClientGoneError:
             self.log_outcome("client_disconnected", 0, None, model=model, prompt_chars=prompt_chars)
             return

@@ -149,8 +149,9 @@ class StreamingHandler(BaseHandler):
             timing += f", upstream;dur={upstream_seconds * 1000:.2f}"
         self.set_header("Server-Timing", timing)
 
-    def send(self, data: bytes) -> Awaitable[None]:
-        """Write and flush; fails with ClientGoneError when the client left or stopped reading."""
+    def send(self, data: bytes) -> Awaitable[None] | None:
+        """Write and flush: None when the bytes are already on the socket (the usual case, no timer needed),
+        else an awaitable bounded by WRITE_TIMEOUT_SECS. ClientGoneError when the client left."""
         if self._client_gone:
             raise ClientGoneError("client disconnected")
         self.write(data)
@@ -158,9 +159,16 @@ class StreamingHandler(BaseHandler):
         try:
             flushed = self.flush()
         except StreamClosedError:
+            flushed = None
+        if flushed is None or (flushed.done() and flushed.exception() is not None):
             self._client_gone = True
-            raise ClientGoneError("client disconnected") from None
-        return self._await_flush(flushed)
+            raise ClientGoneError("client disconnected")
+        return None if flushed.done() else self._await_flush(flushed)
+
+    async def send_now(self, data: bytes) -> None:
+        pending = self.send(data)
+        if pending is not None:
+            await pending
 
     async def _await_flush(self, flushed: Awaitable[None]) -> None:
         try:
@@ -184,7 +192,8 @@ class StreamingHandler(BaseHandler):
             except ClientGoneError:
                 self.on_connection_close()
                 return
-            IOLoop.current().add_future(gen.convert_yielded(self._heartbeat_done(pending)), lambda _: None)
+            if pending is not None:
+                IOLoop.current().add_future(gen.convert_yielded(self._heartbeat_done(pending)), lambda _: None)
             idle = 0.0
         self._arm_heartbeat(interval - idle)
 

@@ -19,12 +19,13 @@ gives back-pressure from a slow client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import select
 import ssl
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from functools import partial
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,15 @@ class ProtocolError(Exception):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
+class StreamingRequest(HTTPRequest):
+    """An `HTTPRequest` that may also take `on_headers(status, headers)`: the parsed head, once, instead of
+    `header_callback`'s line-by-line replay (which the caller would only parse again)."""
+
+    def __init__(self, url: str, on_headers: Callable[[int, httputil.HTTPHeaders], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.on_headers = on_headers
+
+
 class _Exchange:
     """One response being received: status, headers, and a body sink (callback or buffer)."""
 
@@ -62,7 +72,6 @@ class _Exchange:
         self.started = False
         self.finished = False
         self.body = BytesIO()
-        self._pending = bytearray()
 
     def headers_received(self, head: bytes) -> None:
         text = head.decode("latin-1")
@@ -70,21 +79,19 @@ class _Exchange:
         line = httputil.parse_response_start_line(start.strip())
         self.code, self.reason, self.version = line.code, line.reason, line.version
         self.headers = httputil.HTTPHeaders.parse(rest)
-        if self.request.header_callback is not None:
+        on_headers = getattr(self.request, "on_headers", None)
+        if on_headers is not None:
+            on_headers(self.code, self.headers)
+        elif self.request.header_callback is not None:
             self.request.header_callback(f"{line.version} {line.code} {line.reason}\r\n")
             for name, value in self.headers.get_all():
                 self.request.header_callback(f"{name}: {value}\r\n")
             self.request.header_callback("\r\n")
 
-    def hold(self, data: bytes) -> None:
-        self._pending += data
-
-    async def deliver(self) -> None:
-        """Hand over what is held; awaits the consumer (back-pressure)."""
-        if not self._pending:
+    async def deliver(self, data: bytes) -> None:
+        """Hand one network read's body bytes over; awaits the consumer (back-pressure)."""
+        if not data:
             return
-        data = bytes(self._pending)
-        self._pending.clear()
         if self.request.streaming_callback is None:
             self.body.write(data)
             return
@@ -93,16 +100,57 @@ class _Exchange:
             await result  # type: ignore[misc]
 
 
-async def _read(exchange: _Exchange, start_read: Callable[[], asyncio.Future[bytes]]) -> bytes:
-    """Read; what is held goes to the consumer first when the read must wait (or fails)."""
-    try:
-        read = start_read()
-        if not read.done():
-            await exchange.deliver()
-        return await read
-    except StreamClosedError:
-        await exchange.deliver()  # text that arrived before the close is never dropped
-        raise
+class ChunkedDecoder:
+    """Decodes a `Transfer-Encoding: chunked` body fed in pieces of any size, one network read at a time."""
+
+    _SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._remaining = 0  # data bytes left in the current chunk
+        self._state = "size"  # size | data | crlf | trailer
+        self.done = False
+        self.trailing = False  # bytes after the last chunk: the connection cannot be reused
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer + data if self._buffer else data
+        out: list[bytes] = []
+        position, size = 0, len(buffer)
+        while position < size and not self.done:
+            if self._state == "data":
+                take = min(self._remaining, size - position)
+                out.append(buffer[position : position + take])
+                position += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = "crlf"
+                continue
+            if self._state == "crlf":
+                if size - position < 2:
+                    break
+                if buffer[position : position + 2] != b"\r\n":
+                    raise ProtocolError("chunk not terminated by CRLF")
+                position += 2
+                self._state = "size"
+                continue
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                if size - position > _MAX_HEADER_BYTES:
+                    raise ProtocolError("chunk size line or trailer too long")
+                break
+            line = buffer[position:end]
+            position = end + 2
+            if self._state == "trailer":
+                self.done = not line  # trailer fields end with an empty line
+                continue
+            digits = line.split(b";", 1)[0].strip()
+            if not self._SIZE.fullmatch(digits):
+                raise ProtocolError("invalid chunk size")
+            self._remaining = int(digits, 16)
+            self._state = "data" if self._remaining else "trailer"
+        self._buffer = buffer[position:]
+        self.trailing = self.done and bool(self._buffer)
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 class PooledAsyncHTTPClient(AsyncHTTPClient):
@@ -212,44 +260,26 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
             exchange.finished = True
             return keep_alive
         if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            await self._read_chunked(stream, exchange)
+            decoder = ChunkedDecoder()
+            while not decoder.done:
+                await exchange.deliver(decoder.feed(await stream.read_bytes(_READ_SIZE, partial=True)))
+            keep_alive = keep_alive and not decoder.trailing
         elif "Content-Length" in headers:
             try:
                 remaining = int(headers["Content-Length"])
             except ValueError:
                 raise ProtocolError("invalid Content-Length") from None
             while remaining > 0:
-                data = await _read(exchange, partial(stream.read_bytes, min(remaining, _READ_SIZE), partial=True))
-                exchange.hold(data)
+                data = await stream.read_bytes(min(remaining, _READ_SIZE), partial=True)
                 remaining -= len(data)
-        else:
+                await exchange.deliver(data)
+        else:  # the body ends when the connection does
             keep_alive = False
-            try:
+            with contextlib.suppress(StreamClosedError):
                 while True:
-                    exchange.hold(await _read(exchange, lambda: stream.read_bytes(_READ_SIZE, partial=True)))
-            except StreamClosedError:
-                pass
-        await exchange.deliver()
+                    await exchange.deliver(await stream.read_bytes(_READ_SIZE, partial=True))
         exchange.finished = True
         return keep_alive
-
-    async def _read_chunked(self, stream: IOStream, exchange: _Exchange) -> None:
-        while True:
-            line = await _read(exchange, lambda: stream.read_until(b"\r\n", max_bytes=1024))
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError("invalid chunk size") from None
-            if size == 0:
-                while (await _read(exchange, lambda: stream.read_until(b"\r\n", max_bytes=_MAX_HEADER_BYTES))) != b"\r\n":
-                    pass  # trailers
-                return
-            while size > 0:
-                data = await _read(exchange, partial(stream.read_bytes, min(size, _READ_SIZE), partial=True))
-                exchange.hold(data)
-                size -= len(data)
-            if await _read(exchange, lambda: stream.read_bytes(2)) != b"\r\n":
-                raise ProtocolError("chunk not terminated by CRLF")
 
     async def _checkout(self, origin: Origin, connect_timeout: float | None) -> tuple[IOStream, bool]:
         pool = self._idle.get(origin)

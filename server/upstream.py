@@ -23,7 +23,7 @@ from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 
 from server.config import Settings
-from server.http_client import PooledAsyncHTTPClient
+from server.http_client import PooledAsyncHTTPClient, StreamingRequest
 from server.sse import DONE, LineTooLongError, SSEEvent, SSEParser
 
 log = logging.getLogger("gateway.upstream")
@@ -123,7 +123,7 @@ class UpstreamCall:
         self._request: HTTPRequest | None = None
         self._connect_timed_out = False
         self._stopped: UpstreamError | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None  # made only when a backoff has to wait
         self._stream_deadline = self._loop.time() + settings.stream_max
 
     # -- control from the handler ----------------------------------------------------------------
@@ -137,7 +137,8 @@ class UpstreamCall:
             self._stopped = UpstreamError(error_type, message)
         if self._request is not None:
             self.client.abort(self._request)
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     # -- the call ---------------------------------------------------------------------------------
     async def stream(self, consumer: EventsConsumer) -> None:
@@ -186,7 +187,8 @@ class UpstreamCall:
         delay = min(self.settings.retry_max_wait, 0.25 * 2 ** (retry - 1)) * (0.5 + random.random() / 2)
         if last is not None and last.retry_after is not None:
             delay = min(self.settings.retry_max_wait, last.retry_after)
-        if delay > 0:
+        if delay > 0 and self._stopped is None:
+            self._wake = self._wake or asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
@@ -194,13 +196,12 @@ class UpstreamCall:
         self.attempts += 1
         body = dict(self.payload, model=model)
         log.info("upstream attempt %d model=%s", self.attempts, model, extra={"attempt": self.attempts, "model": model})
-        return HTTPRequest(
+        return StreamingRequest(
             self.settings.base_url + "/chat/completions",
             method="POST",
             headers=self.headers,
             body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
             connect_timeout=self.settings.upstream_connect_timeout,
-            decompress_response=True,
             **callbacks,
         )
 
@@ -252,7 +253,7 @@ class UpstreamCall:
 
     async def _stream_attempt(self, model: str, consumer: EventsConsumer) -> None:
         attempt = _StreamAttempt(self, consumer)
-        request = self._request_for(model, streaming_callback=attempt.on_chunk, header_callback=attempt.on_header_line)
+        request = self._request_for(model, streaming_callback=attempt.on_chunk, on_headers=attempt.on_headers)
         attempt.arm_first_token()
         try:
             response = await self._fetch(request)
@@ -309,21 +310,13 @@ class _StreamAttempt:
             self.timer = None
 
     # callbacks from the HTTP client
-    def on_header_line(self, line: str) -> None:
-        if self.call.status is None:
-            self.call.status = httputil.parse_response_start_line(line.strip()).code
-        elif line.strip():
-            self.call.response_headers.parse_line(line)
-        else:  # the blank line after the headers: decide how to read the body
-            content_type = self.call.response_headers.get("Content-Type", "")
-            self.streaming = 200 <= self.call.status < 300 and not content_type.startswith("application/json")
-            ttfb = (self.loop.time() - self.sent_at) * 1000
-            log.info(
-                "upstream connected: HTTP %d after %.1f ms",
-                self.call.status,
-                ttfb,
-                extra={"upstream_status": self.call.status, "ttfb_ms": round(ttfb, 2)},
-            )
+    def on_headers(self, status: int, headers: httputil.HTTPHeaders) -> None:
+        """The response head: decide how to read the body."""
+        self.call.status, self.call.response_headers = status, headers
+        content_type = headers.get("Content-Type", "")
+        self.streaming = 200 <= status < 300 and not content_type.startswith("application/json")
+        ttfb = (self.loop.time() - self.sent_at) * 1000
+        log.info("upstream connected: HTTP %d after %.1f ms", status, ttfb, extra={"upstream_status": status, "ttfb_ms": round(ttfb, 2)})
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
         if not self.streaming:
