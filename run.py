@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from server import client
 from server.config import ConfigError, load_settings
-from server.lifecycle import serve
+from server.lifecycle import run, serve
 from server.logs import configure_logging
 from server.workers import run_workers
 
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_color, settings.log_level, no_color=settings.no_color)
     if settings.workers != 1:
         return run_workers(settings)
-    asyncio.run(serve(settings))
+    run(serve(settings))
     return 0
 
 

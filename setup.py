@@ -16,6 +16,7 @@ setup(
         "python-dotenv>=1.0,<2",
         "colorama>=0.4.6,<0.5",
         "prometheus-client>=0.20,<1",
+        "uvloop>=0.19,<1",
         "redis>=5,<9",
     ],
     extras_require={

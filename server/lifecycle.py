@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import socket
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
 
+import uvloop
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -29,6 +33,25 @@ log = logging.getLogger("gateway")
 
 _LAG_INTERVAL = 0.25  # seconds between event-loop lag samples
 _AFTER_SHUTDOWN_EVENTS = 5.0  # seconds to let cancelled streams write their error event
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop: its C event loop cut the loop lag with ~10,000 open streams (bench/) and
+    costs nothing elsewhere. GC is tuned first: see `tune_gc`."""
+    tune_gc()
+    uvloop.run(main)
+
+
+def tune_gc() -> None:
+    """Keep the collector from pausing the loop under many open streams.
+
+    Each relayed event allocates short-lived objects that refcounting frees, but they still count toward
+    CPython's generation-0 threshold (700), and every full collection rescans every object of every open
+    stream: with 5,000 streams one full pass took ~600 ms. So: a larger young generation, full passes
+    rare, and everything alive after start-up frozen out of future scans."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def make_server(settings: Settings, gateway: Gateway) -> HTTPServer:

@@ -12,7 +12,6 @@ so this is a small fork loop of its own, driven by `sigwaitinfo` (no handlers, n
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -28,7 +27,7 @@ from prometheus_client import multiprocess, values
 from tornado.netutil import bind_sockets
 
 from server.config import Settings
-from server.lifecycle import serve
+from server.lifecycle import run, serve
 from server.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.workers")
@@ -78,7 +77,7 @@ class Supervisor:
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._child_mask)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns SIGINT into SIGTERM
-            asyncio.run(serve(self.settings, self.sockets, worker=True))
+            run(serve(self.settings, self.sockets, worker=True))
             code = 0
         except BaseException:
             log.exception("worker failed")
