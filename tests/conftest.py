@@ -180,6 +180,16 @@ def api_error(response: RawResponse, status: int, error_type: str) -> dict[str, 
     return body  # type: ignore[no-any-return]
 
 
+async def hang_up_after_upstream_called(port: int, upstream: FaultUpstream) -> None:
+    """Open a /chat stream, read its `connected` event, wait until the upstream has the request, hang up."""
+    async with connect(port) as (reader, writer):
+        writer.write(build_request("POST", "/chat", b'{"prompt": "x"}'))
+        await writer.drain()
+        await read_response(reader, until=lambda body: b"connected" in body)
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

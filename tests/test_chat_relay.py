@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 
-from tests.conftest import RunningGateway, build_request, chat, connect, read_response
+from tests.conftest import RunningGateway, build_request, chat, connect, hang_up_after_upstream_called, read_response
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
 
 TRICKY = ["Hé", "llo 👋🏽 ", "世界", ' "quoted" \\ back', "\nnew line", " ∑ done"]
@@ -143,12 +143,7 @@ async def test_client_disconnect_mid_stream_closes_upstream(gateway: RunningGate
 
 async def test_client_disconnect_before_first_byte_closes_upstream(gateway: RunningGateway, upstream: FaultUpstream) -> None:
     upstream.scenarios = [Scenario(hang_before_headers=True)]
-    async with connect(gateway.port) as (reader, writer):
-        writer.write(build_request("POST", "/chat", b'{"prompt": "x"}'))
-        await writer.drain()
-        await read_response(reader, until=lambda body: b"connected" in body)
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
+    await hang_up_after_upstream_called(gateway.port, upstream)
     assert await upstream.wait_closed(timeout=1.0)
 
 

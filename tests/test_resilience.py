@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 
-from tests.conftest import build_request, chat, connect, read_response
+from tests.conftest import build_request, chat, connect, hang_up_after_upstream_called
 from tests.fault_upstream import FaultUpstream, Scenario
 
 
@@ -193,12 +193,7 @@ async def test_client_that_stops_reading_is_dropped_after_write_timeout(start_ga
 async def test_disconnect_during_retry_backoff_stops_retrying(start_gateway, upstream: FaultUpstream) -> None:
     gateway = start_gateway(UPSTREAM_RETRIES="3", RETRY_MAX_WAIT_SECS="5")
     upstream.scenarios = [Scenario(status=503, headers={"Retry-After": "5"})]
-    async with connect(gateway.port) as (reader, writer):
-        writer.write(build_request("POST", "/chat", b'{"prompt": "x"}'))
-        await writer.drain()
-        await read_response(reader, until=lambda body: b"connected" in body)
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
+    await hang_up_after_upstream_called(gateway.port, upstream)
     await asyncio.sleep(0.3)
     assert len(upstream.requests) == 1
     assert len(gateway.gateway.streams) == 0
