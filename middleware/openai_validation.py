@@ -36,6 +36,7 @@ _FIELDS = frozenset(
         "seed",
         "user",
         "stream_options",
+        "n",
     }
 )
 # field -> (low, high): plain numbers forwarded unchanged
@@ -103,6 +104,9 @@ def validate_openai_chat(body: bytes, settings: Settings) -> OpenAIChatRequest:
         payload["seed"] = check_number("seed", data["seed"], -_SEED_LIMIT, _SEED_LIMIT - 1, integer=True)
     if "user" in data:
         payload["user"] = check_text("user", data["user"], MAX_USER_LENGTH)
+    if "n" in data and (isinstance(data["n"], bool) or data["n"] != 1):
+        # SDKs such as LangChain send n=1 by default; more choices than one are not relayed
+        raise invalid("n", "'n' must be 1: the gateway relays one choice", "unsupported_value")
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("stream", "'stream' must be true or false", "invalid_type")

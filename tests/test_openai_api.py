@@ -370,7 +370,8 @@ async def test_client_disconnect_cancels_non_streaming_call(gateway: RunningGate
         ({"messages": HELLO, "stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage", "invalid_type"),
         ({"messages": HELLO, "stream": True, "stream_options": {"other": 1}}, "stream_options.other", "unknown_field"),
         ({"messages": HELLO, "stream": True, "stream_options": []}, "stream_options", "invalid_type"),
-        ({"messages": HELLO, "n": 2}, "n", "unknown_field"),
+        ({"messages": HELLO, "n": 2}, "n", "unsupported_value"),
+        ({"messages": HELLO, "logit_bias": {}}, "logit_bias", "unknown_field"),
     ],
 )
 async def test_validation_errors_are_openai_400s(
@@ -391,6 +392,12 @@ async def test_message_text_limit_is_prompt_length_times_message_cap(start_gatew
     response = await completions(gateway.port, {"messages": over, "stream": True})
     assert response.status == 400
     assert response.json()["error"]["code"] == "prompt_too_long"
+
+
+async def test_n_of_one_as_sdks_send_it_is_accepted_and_not_forwarded(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    response = await completions(gateway.port, {"messages": HELLO, "stream": True, "n": 1})
+    assert response.status == 200
+    assert "n" not in upstream.requests[0]["body"]
 
 
 async def test_null_optional_fields_mean_not_given(gateway: RunningGateway, upstream: FaultUpstream) -> None:
