@@ -216,23 +216,40 @@ GATEWAY_ENV = {"LOG_FORMAT": "json", "HOST": "127.0.0.1", "RATE_LIMIT": "1000", 
 
 
 def gateway_env(port: int, **env: str) -> dict[str, str]:
-    """The test runner's environment (PATH, coverage) plus the gateway's settings; never an inherited metrics dir."""
-    base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    """The test runner's environment (PATH, coverage) plus the gateway's settings; never an inherited metrics
+    dir, upstream or client keys."""
+    inherited = ("PROMETHEUS_MULTIPROC_DIR", "OPENROUTER_", "CLIENT_API_KEYS")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     return {**base, **GATEWAY_ENV, "PORT": str(port), **env}
 
 
 class GatewayProcess(Service):
-    """`python run.py --demo` with LOG_FORMAT=json on a free port."""
+    """`python run.py --demo` (or, with `demo=False`, against the upstream its env names) with LOG_FORMAT=json
+    on a free port. It runs in its workdir, so a developer's `.env` cannot change what a test sees."""
 
-    def __init__(self, workdir: Path, name: str = "gateway", **env: str) -> None:
+    def __init__(self, workdir: Path, name: str = "gateway", *, demo: bool = True, **env: str) -> None:
         super().__init__(name, workdir)
         self.port = free_port()
+        self.argv = [sys.executable, str(ROOT / "run.py"), *(["--demo"] if demo else [])]
         self.env = gateway_env(self.port, **env)
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> GatewayProcess:
-        self.spawn([sys.executable, "run.py", "--demo"], env=self.env, cwd=ROOT)
+        self.spawn(self.argv, env=self.env, cwd=self.workdir)
         wait_for(self.ready, f"{self.name} /health on port {self.port}")
         return self
+
+    def stop(self) -> int:
+        """SIGTERM and wait for the drain; the exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait()
+
+    def wait_for_log(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """The first JSON log line, already written or still to come, for which `match` is true."""
+        return wait_for(lambda: next((record for record in self.records() if match(record)), None), "a matching log line", timeout)
 
     def ready(self) -> bool:
         assert self.alive(), f"{self.name} exited:\n{self.log()}"

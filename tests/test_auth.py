@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 
 import pytest
 
 from middleware.client_keys import ClientKeys, bearer_token, key_id
 from tests.conftest import api_error, chat, request
 from tests.fault_upstream import FaultUpstream
-from tests.process import GatewayProcess
+from tests.services import GatewayProcess
 
 KEY_ONE = "ck-live-one-7f3a9c"
 KEY_TWO = "ck-live-two-b81e22"
@@ -86,20 +85,16 @@ def relay_warnings(gateway: GatewayProcess) -> list[str]:
     return [record["msg"] for record in gateway.records() if record["level"] == "WARNING" and "CLIENT_API_KEYS is not set" in record["msg"]]
 
 
-async def test_open_relay_warning_off_loopback_without_keys(io_loop) -> None:
-    with GatewayProcess("--demo", HOST="0.0.0.0") as gateway:  # reachable from anywhere; we connect via 127.0.0.1 only
-        gateway.wait_ready()
-        assert (await request(gateway.port, "GET", "/health")).status == 200
-        gateway.signal(signal.SIGTERM)
-        assert gateway.wait() == 0
+async def test_open_relay_warning_off_loopback_without_keys(io_loop, spawn) -> None:
+    gateway = spawn(GatewayProcess, HOST="0.0.0.0")  # reachable from anywhere; we connect via 127.0.0.1 only
+    assert (await request(gateway.port, "GET", "/health")).status == 200
+    assert gateway.stop() == 0
     assert relay_warnings(gateway) == [
         "CLIENT_API_KEYS is not set and HOST=0.0.0.0 is not loopback: anyone who can reach this port can spend the upstream key"
     ]
 
-    with GatewayProcess("--demo", HOST="0.0.0.0", CLIENT_API_KEYS=KEY_ONE) as keyed:
-        keyed.wait_ready()
-        assert (await chat(keyed.port, {"prompt": "hi"})).status == 401
-        keyed.signal(signal.SIGTERM)
-        assert keyed.wait() == 0
+    keyed = spawn(GatewayProcess, name="keyed", HOST="0.0.0.0", CLIENT_API_KEYS=KEY_ONE)
+    assert (await chat(keyed.port, {"prompt": "hi"})).status == 401
+    assert keyed.stop() == 0
     assert relay_warnings(keyed) == []
-    assert KEY_ONE not in "\n".join(keyed.lines)
+    assert KEY_ONE not in keyed.log()

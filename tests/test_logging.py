@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from server.config import load_settings
 from server.logs import TORNADO_LOGGERS, ConsoleFormatter, JsonFormatter, configure_logging, prompt_fields
 from tests.conftest import RunningGateway, chat, connect, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
-from tests.process import GatewayProcess
+from tests.services import GatewayProcess
 
 ISO_UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # What a client can put into a logged value: newline, CR, quote, backslash, non-ASCII, the separators
@@ -353,15 +352,13 @@ def test_log_level_filters_lines(capture_logs) -> None:
 # -- the real process ------------------------------------------------------------------------------------
 
 
-async def test_run_demo_writes_json_lines_to_stderr(io_loop: Any) -> None:
-    with GatewayProcess("--demo", DEMO_DELAY_MS="0", LOG_FORMAT="json", LOG_LEVEL="DEBUG") as process:
-        process.wait_ready()
-        response = await chat(process.port, {"prompt": 'two\nlines "quoted" ü'}, {"X-Request-ID": "proc-1"})
-        assert response.events[-1]["type"] == "done"
-        assert await get_raw_path(process.port, RAW_PATH, "proc-2") == 404
-        process.signal(signal.SIGTERM)
-        assert process.wait(10) == 0
-    lines = process.lines
+async def test_run_demo_writes_json_lines_to_stderr(io_loop: Any, spawn: Any) -> None:
+    process = spawn(GatewayProcess, DEMO_DELAY_MS="0", LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    response = await chat(process.port, {"prompt": 'two\nlines "quoted" ü'}, {"X-Request-ID": "proc-1"})
+    assert response.events[-1]["type"] == "done"
+    assert await get_raw_path(process.port, RAW_PATH, "proc-2") == 404
+    assert process.stop() == 0
+    lines = process.log().splitlines()
     records = [json.loads(line) for line in lines]  # every stderr line, not only those that look like JSON
     assert all(ISO_UTC_MS.fullmatch(r["ts"]) for r in records)
     for prefix in ("started", "upstream connected", "stream finished", "completed"):

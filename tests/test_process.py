@@ -10,12 +10,13 @@ import time
 
 from tests.conftest import build_request, chat, connect, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
-from tests.process import ROOT, GatewayProcess
+from tests.services import ROOT, GatewayProcess
 
 
 async def wait_exit(gateway: GatewayProcess, timeout: float) -> int:
+    """Wait for the exit without blocking the loop (the fault upstream lives on it)."""
     deadline = time.monotonic() + timeout
-    while gateway.proc.poll() is None and time.monotonic() < deadline:
+    while gateway.alive() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return gateway.wait(1)
 
@@ -38,19 +39,18 @@ def test_bad_value_exits_2_naming_the_variable() -> None:
     assert result.stderr.strip() == "config error: PORT must be a port 1-65535 such as 8080 or :8080 (got 'eighty')"
 
 
-async def test_demo_mode_streams_and_stops_on_sigterm(io_loop) -> None:
-    with GatewayProcess("--demo", DEMO_DELAY_MS="1") as gateway:
-        gateway.wait_ready()
-        response = await chat(gateway.port, {"prompt": "Hello demo"})
-        assert response.status == 200
-        assert response.text.startswith('You said: "Hello demo".')
-        assert [e["type"] for e in response.events][-1] == "done"
-        gateway.signal(signal.SIGTERM)
-        assert await wait_exit(gateway, 10) == 0
-        assert any("demo mode" in record["msg"] and record["level"] == "WARNING" for record in gateway.records())
+async def test_demo_mode_streams_and_stops_on_sigterm(io_loop, spawn) -> None:
+    gateway = spawn(GatewayProcess, DEMO_DELAY_MS="1")
+    response = await chat(gateway.port, {"prompt": "Hello demo"})
+    assert response.status == 200
+    assert response.text.startswith('You said: "Hello demo".')
+    assert [e["type"] for e in response.events][-1] == "done"
+    gateway.signal(signal.SIGTERM)
+    assert await wait_exit(gateway, 10) == 0
+    assert any("demo mode" in record["msg"] and record["level"] == "WARNING" for record in gateway.records())
 
 
-async def test_drain_finishes_fast_streams_and_ends_slow_ones(io_loop, upstream: FaultUpstream) -> None:
+async def test_drain_finishes_fast_streams_and_ends_slow_ones(io_loop, upstream: FaultUpstream, spawn) -> None:
     fast = [Scenario(pieces=["f"] * 5, delay=0.15) for _ in range(25)]
     slow = [Scenario(pieces=["s"] * 200, delay=0.1) for _ in range(25)]
     upstream.scenarios = fast + slow + [Scenario()]
@@ -61,25 +61,24 @@ async def test_drain_finishes_fast_streams_and_ends_slow_ones(io_loop, upstream:
         "MAX_STREAMS_PER_CLIENT": "100",
         "RATE_LIMIT": "1000",
     }
-    with GatewayProcess(**env) as gateway:
-        gateway.wait_ready()
-        streams = []
-        for _ in range(50):
-            streams.append(asyncio.ensure_future(chat(gateway.port, {"prompt": "x"})))
-            await asyncio.sleep(0.005)
-        while len(upstream.requests) < 50:
-            await asyncio.sleep(0.01)
-        async with connect(gateway.port) as (reader, writer):  # a keep-alive connection opened before the signal
-            writer.write(build_request("GET", "/health"))
-            assert (await read_response(reader)).status == 200
-            gateway.signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            writer.write(build_request("GET", "/health"))
-            health = await read_response(reader)
-            assert health.status == 503
-            assert health.json()["status"] == "draining"
-        responses = await asyncio.gather(*streams)
-        assert await wait_exit(gateway, 10) == 0
+    gateway = spawn(GatewayProcess, demo=False, **env)
+    streams = []
+    for _ in range(50):
+        streams.append(asyncio.ensure_future(chat(gateway.port, {"prompt": "x"})))
+        await asyncio.sleep(0.005)
+    while len(upstream.requests) < 50:
+        await asyncio.sleep(0.01)
+    async with connect(gateway.port) as (reader, writer):  # a keep-alive connection opened before the signal
+        writer.write(build_request("GET", "/health"))
+        assert (await read_response(reader)).status == 200
+        gateway.signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        writer.write(build_request("GET", "/health"))
+        health = await read_response(reader)
+        assert health.status == 503
+        assert health.json()["status"] == "draining"
+    responses = await asyncio.gather(*streams)
+    assert await wait_exit(gateway, 10) == 0
     finals = [response.events[-1] for response in responses]
     done = [event for event in finals if event["type"] == "done"]
     ended = [event for event in finals if event["type"] == "error"]
@@ -90,24 +89,22 @@ async def test_drain_finishes_fast_streams_and_ends_slow_ones(io_loop, upstream:
     assert outcomes.count("finished") == 25 and outcomes.count("server_shutdown") == 25
 
 
-async def test_second_signal_exits_at_once(io_loop, upstream: FaultUpstream) -> None:
+async def test_second_signal_exits_at_once(io_loop, upstream: FaultUpstream, spawn) -> None:
     upstream.scenarios = [Scenario(hang_before_headers=True)]
     env = {"OPENROUTER_API_KEY": "sk-test", "OPENROUTER_BASE_URL": upstream.base_url, "SHUTDOWN_TIMEOUT_SECS": "60"}
-    with GatewayProcess(**env) as gateway:
-        gateway.wait_ready()
-        stream = asyncio.ensure_future(chat(gateway.port, {"prompt": "x"}))
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
-        gateway.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        assert gateway.proc.poll() is None  # still draining
-        gateway.signal(signal.SIGINT)
-        assert await wait_exit(gateway, 3) != 0
-        stream.cancel()
+    gateway = spawn(GatewayProcess, demo=False, **env)
+    stream = asyncio.ensure_future(chat(gateway.port, {"prompt": "x"}))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    gateway.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    assert gateway.alive()  # still draining
+    gateway.signal(signal.SIGINT)
+    assert await wait_exit(gateway, 3) != 0
+    stream.cancel()
 
 
-async def test_health_is_not_rate_limited(io_loop) -> None:
-    with GatewayProcess("--demo", RATE_LIMIT="1") as gateway:
-        gateway.wait_ready()
-        statuses = [(await request(gateway.port, "GET", "/health")).status for _ in range(5)]
-        assert statuses == [200] * 5
+async def test_health_is_not_rate_limited(io_loop, spawn) -> None:
+    gateway = spawn(GatewayProcess, RATE_LIMIT="1")
+    statuses = [(await request(gateway.port, "GET", "/health")).status for _ in range(5)]
+    assert statuses == [200] * 5

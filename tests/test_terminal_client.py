@@ -17,8 +17,8 @@ from server import client
 from server.client import ChatError, stream_chat
 from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, free_port
-from tests.demo_server import DemoServer
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
+from tests.services import GatewayProcess
 
 REQUEST_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -40,16 +40,16 @@ def run_client(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    server = DemoServer(tmp_path_factory.mktemp("demo"), DEMO_DELAY_MS="20")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    server = GatewayProcess(tmp_path_factory.mktemp("demo"), DEMO_DELAY_MS="20", SHUTDOWN_TIMEOUT_SECS="1").start()
     yield server
-    server.stop()
+    server.kill()
 
 
 # -- as a person uses it: a subprocess -------------------------------------------------------------------
 
 
-def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: DemoServer) -> None:
+def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: GatewayProcess) -> None:
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "chat", "--url", demo.url, "Hello there"],
         cwd=ROOT,
@@ -66,7 +66,7 @@ def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: DemoServer
     assert process.returncode == 0
 
 
-def test_closed_stdout_aborts_the_request_quietly(demo: DemoServer) -> None:
+def test_closed_stdout_aborts_the_request_quietly(demo: GatewayProcess) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "server.client", "--url", demo.url, "A long answer, please"],
         cwd=ROOT,
@@ -81,13 +81,13 @@ def test_closed_stdout_aborts_the_request_quietly(demo: DemoServer) -> None:
     demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected")  # the gateway stopped the upstream
 
 
-def test_prompt_from_stdin(demo: DemoServer) -> None:
+def test_prompt_from_stdin(demo: GatewayProcess) -> None:
     done = run_client("--url", demo.url, stdin="What is SSE?\n")
     assert done.stdout == demo_answer("What is SSE?") + "\n"
     assert done.returncode == 0
 
 
-def test_gateway_error_goes_to_stderr_with_the_request_id_and_exit_code_1(demo: DemoServer) -> None:
+def test_gateway_error_goes_to_stderr_with_the_request_id_and_exit_code_1(demo: GatewayProcess) -> None:
     done = run_client("--url", demo.url, "x" * 5000)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -117,7 +117,7 @@ def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 
 
 def test_main_in_process_reads_stdin_and_reports_errors(
-    demo: DemoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    demo: GatewayProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("piped prompt\n"))
     assert client.main(["--url", demo.url]) == 0

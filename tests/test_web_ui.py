@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from middleware.security_headers import API_CSP, PAGE_CSP
 from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, request
-from tests.demo_server import DemoServer
+from tests.services import GatewayProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,6 +32,8 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 TIMEOUT_MS = 15_000
+
+DEMO_ENV = {"DEMO_DELAY_MS": "40", "SHUTDOWN_TIMEOUT_SECS": "1"}  # words arrive over many frames
 
 
 def demo_answer(prompt: str) -> str:
@@ -155,10 +157,10 @@ class Watched:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    server = DemoServer(tmp_path_factory.mktemp("demo"))
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    server = GatewayProcess(tmp_path_factory.mktemp("demo"), **DEMO_ENV).start()
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,7 @@ def watched(browser: Browser) -> Iterator[Watched]:
     context.close()
 
 
-def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: DemoServer, watched: Watched) -> None:
+def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     # Sample the answer's length once per animation frame until the stream has ended.
@@ -212,7 +214,7 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: DemoS
     assert watched.problems == []
 
 
-def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: DemoServer, watched: Watched) -> None:
+def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     watched.send("Tell me a long story")
@@ -231,7 +233,7 @@ def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: DemoServe
     assert watched.problems == []
 
 
-def test_html_in_the_answer_is_shown_as_text(demo: DemoServer, watched: Watched) -> None:
+def test_html_in_the_answer_is_shown_as_text(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     prompt = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
@@ -244,7 +246,7 @@ def test_html_in_the_answer_is_shown_as_text(demo: DemoServer, watched: Watched)
     assert watched.problems == []
 
 
-def test_the_page_csp_blocks_inline_script_and_style(demo: DemoServer, watched: Watched) -> None:
+def test_the_page_csp_blocks_inline_script_and_style(demo: GatewayProcess, watched: Watched) -> None:
     """The policy is strict, and the console listener sees violations (so `problems == []` above means something)."""
     page = watched.page
     page.goto(demo.url + "/")
@@ -278,7 +280,7 @@ SSE_CASES = [
 ]
 
 
-def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: DemoServer, watched: Watched) -> None:
+def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     for stream, expected in SSE_CASES:
@@ -297,7 +299,7 @@ def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: DemoServer, wa
 
 
 def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: Path, watched: Watched) -> None:
-    server = DemoServer(tmp_path, CLIENT_API_KEYS="k-web-1")
+    server = GatewayProcess(tmp_path, CLIENT_API_KEYS="k-web-1", **DEMO_ENV).start()
     try:
         page = watched.page
         page.goto(server.url + "/")
@@ -316,4 +318,4 @@ def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: P
         # The browser reports the deliberate 401 itself; nothing else may show up.
         assert [p for p in watched.problems if "status of 401" not in p] == []
     finally:
-        server.stop()
+        server.kill()
