@@ -16,7 +16,6 @@ from tornado.web import stream_request_body
 
 from handlers.streaming import ClientGoneError, StreamingHandler
 from middleware.validation import validate_chat
-from server.completions import parse_chunk
 from server.logs import prompt_fields
 from server.sse import SSEEvent
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
@@ -47,9 +46,9 @@ class ChatHandler(StreamingHandler):
         self._content_prefix = b'data: {"content": '
         self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
         self.events = 0
-        self.ttft: float | None = None
-        self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
+        self.ttft = None
+        self.finish_reason = None
+        self.usage = None
         self.answer: list[str] | None = [] if settings.log_prompts else None
         self.set_server_timing()
         self.begin_stream()
@@ -96,22 +95,11 @@ class ChatHandler(StreamingHandler):
         """One upstream read's events -> one write and one flush of content events."""
         started = time.monotonic()
         out = []
-        failure = None
-        for event in events:
-            chunk = parse_chunk(event.data)
-            if chunk is None:
-                continue
+        for _, chunk in self.read_chunks(events):
             if chunk.content:
                 if self.answer is not None:
                     self.answer.append(chunk.content)
                 out.append(self._content_prefix + json.dumps(chunk.content, ensure_ascii=False).encode("utf-8") + self._content_suffix)
-            if chunk.finish_reason is not None:
-                self.finish_reason = chunk.finish_reason
-            if chunk.usage is not None:
-                self.usage = chunk.usage
-            if chunk.error is not None:
-                failure = UpstreamError("upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None)
-                break
         if out and self.ttft is None:
             self.ttft = started - self.started_at
-        return self.write_batch(out, failure, started)
+        return self.write_batch(out, self.chunk_failure, started)

@@ -19,7 +19,6 @@ from handlers.base import BaseHandler, NotFoundHandler
 from handlers.streaming import StreamingHandler
 from middleware.errors import ApiError, openai_error_body
 from middleware.openai_validation import OpenAIChatRequest, validate_openai_chat
-from server.completions import parse_chunk
 from server.sse import SSEEvent, encode_data
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
 
@@ -110,9 +109,9 @@ class ChatCompletionsHandler(StreamingHandler):
     async def _stream(self, request: OpenAIChatRequest) -> None:
         fields: dict[str, Any] = {"model": request.model, "prompt_chars": request.prompt_chars}
         self.events = 0
-        self.ttft: float | None = None
-        self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
+        self.ttft = None
+        self.finish_reason = None
+        self.usage = None
         self._include_usage = request.include_usage
         # usage is always requested: the gateway logs and counts it even when the client did not ask
         payload = dict(request.payload, stream=True, stream_options={"include_usage": True})
@@ -150,26 +149,15 @@ class ChatCompletionsHandler(StreamingHandler):
         """One upstream read's chunks -> one write and one flush, each chunk's data unchanged."""
         started = time.monotonic()
         out = []
-        failure = None
-        for event in events:
-            chunk = parse_chunk(event.data)
-            if chunk is None:  # not JSON: an OpenAI SDK would choke on it
+        for event, chunk in self.read_chunks(events):
+            if chunk.usage is not None and not self._include_usage and _usage_only(event.data):
                 continue
-            if chunk.error is not None:
-                failure = UpstreamError("upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None)
-                break
-            if chunk.finish_reason is not None:
-                self.finish_reason = chunk.finish_reason
-            if chunk.usage is not None:
-                self.usage = chunk.usage
-                if not self._include_usage and _usage_only(event.data):
-                    continue
             if chunk.content and self.ttft is None:
                 self.ttft = started - self.started_at
             out.append(encode_data(event.data))
         if out and not self._streaming:
             self._begin()
-        return self.write_batch(out, failure, started)
+        return self.write_batch(out, self.chunk_failure, started)
 
 
 class ModelsHandler(BaseHandler):

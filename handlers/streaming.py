@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,8 +20,9 @@ from tornado.iostream import StreamClosedError
 
 from handlers.base import BaseHandler
 from middleware.errors import ApiError, body_too_large
+from server.completions import Chunk, parse_chunk
 from server.context import bind_request
-from server.sse import encode_comment
+from server.sse import SSEEvent, encode_comment
 from server.upstream import UpstreamCall, UpstreamError
 
 log = logging.getLogger("gateway.stream")
@@ -41,6 +42,10 @@ class StreamingHandler(BaseHandler):
 
     call: UpstreamCall | None = None
     events = 0  # events relayed to the client
+    ttft: float | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    chunk_failure: UpstreamError | None = None
     _body: bytearray | None = None
     _slot_client: str | None = None
     _registered = False
@@ -124,6 +129,25 @@ class StreamingHandler(BaseHandler):
             stream.set_nodelay(True)  # small SSE writes go out now, not after Nagle's delay
         self._last_write = time.monotonic()
         self._arm_heartbeat(self.gateway.settings.heartbeat)
+
+    def read_chunks(self, events: list[SSEEvent]) -> Iterator[tuple[SSEEvent, Chunk]]:
+        """One read's parsed chunks, malformed lines skipped; notes finish_reason and usage, and stops at a
+        provider error inside the stream, leaving it in `chunk_failure` for `write_batch`."""
+        self.chunk_failure = None
+        for event in events:
+            chunk = parse_chunk(event.data)
+            if chunk is None:
+                continue
+            if chunk.error is not None:
+                self.chunk_failure = UpstreamError(
+                    "upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None
+                )
+                return
+            if chunk.finish_reason is not None:
+                self.finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            yield event, chunk
 
     def write_batch(self, out: list[bytes], failure: UpstreamError | None, started: float) -> Awaitable[None] | None:
         """One upstream read's client events: one write, one flush; then `failure`, if the read ended in one."""
