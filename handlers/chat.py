@@ -50,7 +50,7 @@ class ChatHandler(StreamingHandler):
         self.finish_reason = None
         self.usage = None
         self.answer: list[str] | None = [] if settings.log_prompts else None
-        self.set_server_timing()
+        self.set_server_timing(time.monotonic() - self.started_at)  # headers go out before the upstream call
         self.begin_stream()
         try:
             await self.send_now(chat_event("connected", "", request_id))

@@ -65,8 +65,14 @@ class ChatCompletionsHandler(StreamingHandler):
         headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
         self.call = UpstreamCall(self.gateway.http_client, settings, payload, headers)
         self.call.on_attempt = self.gateway.metrics.upstream_attempt
-        self.gateway.metrics.overhead.labels("request").observe(time.monotonic() - self.started_at)
+        self._upstream_sent_at = time.monotonic()
+        self._gateway_seconds = self._upstream_sent_at - self.started_at
+        self.gateway.metrics.overhead.labels("request").observe(self._gateway_seconds)
         return self.call
+
+    def _set_server_timing(self) -> None:
+        """Headers wait for the upstream here: show the gateway's share and the upstream's first byte apart."""
+        self.set_server_timing(self._gateway_seconds, time.monotonic() - self._upstream_sent_at)
 
     def _http_error(self, error: UpstreamError) -> ApiError:
         """A failure before anything was sent: the upstream's status (or 502/503/504) and its message."""
@@ -102,6 +108,7 @@ class ChatCompletionsHandler(StreamingHandler):
             finish_reason=finish_reason,
             **fields,
         )
+        self._set_server_timing()
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(answer, ensure_ascii=False))
 
@@ -143,6 +150,7 @@ class ChatCompletionsHandler(StreamingHandler):
 
     def _begin(self) -> None:
         self._streaming = True
+        self._set_server_timing()
         self.begin_stream()
 
     def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:

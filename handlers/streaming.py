@@ -166,9 +166,9 @@ class StreamingHandler(BaseHandler):
         self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
         return flushed
 
-    def set_server_timing(self, upstream_seconds: float | None = None) -> None:
-        """`Server-Timing: gateway;dur=…` — time in the gateway so far (plus the upstream's first byte), for devtools."""
-        timing = f"gateway;dur={(time.monotonic() - self.started_at) * 1000:.2f}"
+    def set_server_timing(self, gateway_seconds: float, upstream_seconds: float | None = None) -> None:
+        """`Server-Timing: gateway;dur=…[, upstream;dur=…]`: where the time before the first byte went, for devtools."""
+        timing = f"gateway;dur={gateway_seconds * 1000:.2f}"
         if upstream_seconds is not None:
             timing += f", upstream;dur={upstream_seconds * 1000:.2f}"
         self.set_header("Server-Timing", timing)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -115,6 +116,7 @@ async def test_stream_passes_upstream_lines_through_byte_exact(gateway: RunningG
     assert response.header("Content-Type") == "text/event-stream; charset=utf-8"
     assert response.header("Cache-Control") == "no-cache"
     assert response.header("X-Request-ID") == "v1-req"
+    assert re.fullmatch(r"gateway;dur=\d+\.\d\d, upstream;dur=\d+\.\d\d", response.header("Server-Timing") or "")
     sent = [chunk_json(piece) for piece in TRICKY] + [chunk_json("", "stop"), USAGE_LINE]
     assert response.body == b"".join(f"data: {line}\n\n".encode() for line in sent) + b"data: [DONE]\n\n"
     assert upstream.requests[0]["body"]["model"] == "anthropic/claude-3.5-sonnet"  # model optional -> OPENROUTER_MODEL
