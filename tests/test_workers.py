@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +35,21 @@ def worker_pids(gateway: GatewayProcess, want: int = 2) -> tuple[set[int], int]:
     return pids, asked
 
 
+def settled_health_count(port: int) -> float:
+    """The /health count once it has stopped moving: a worker counts a request just after answering it, so
+    under load the readiness probes' last count can land after the client already has its answer."""
+
+    def probe() -> tuple[float] | None:
+        first = metric(port, HEALTH_OK)
+        time.sleep(0.1)
+        return (first,) if metric(port, HEALTH_OK) == first else None
+
+    return wait_for(probe, "the /health count to settle")[0]
+
+
 def test_two_workers_serve_and_metrics_add_up(spawn: Callable[..., Any]) -> None:
     gateway = spawn(GatewayProcess, WORKERS="2")
-    before = metric(gateway.port, HEALTH_OK)  # includes the readiness probes; read before our own asks
+    before = settled_health_count(gateway.port)  # includes the readiness probes; read before our own asks
     pids, asked = worker_pids(gateway)
     assert len(pids) == 2 and gateway.pid not in pids
     # Summed over both workers, whichever answers. A worker counts a request just after sending its answer,
