@@ -2,10 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Commands (Debian packages of the same name) the suite drives for real: redis-server and nginx for the
+# scale-out tests, chromium (with its recommended fonts) for the browser tests
+SYSTEM_PACKAGES := redis-server nginx chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
-$(BIN)/activate: setup.py requirements-dev.txt
+$(BIN)/activate: setup.py requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -e .
@@ -14,7 +18,17 @@ $(BIN)/activate: setup.py requirements-dev.txt
 run: $(BIN)/activate
 	$(BIN)/python run.py --demo
 
-test: $(BIN)/activate
+# Installs the Debian packages only when one of their commands is missing.
+system-deps:
+	@missing=""; for command in $(SYSTEM_PACKAGES); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server nginx && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
+
+test: $(BIN)/activate system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --cov --cov-report=term
 
