@@ -17,6 +17,7 @@ setup(
         "colorama>=0.4.6,<0.5",
         "prometheus-client>=0.20,<1",
         "uvloop>=0.19,<1",
+        "orjson>=3.9,<4",
         "redis>=5,<9",
     ],
     extras_require={

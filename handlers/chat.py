@@ -16,6 +16,7 @@ from tornado.web import stream_request_body
 
 from handlers.streaming import ClientGoneError, StreamingHandler
 from middleware.validation import validate_chat
+from server.completions import encode_json_string
 from server.logs import prompt_fields
 from server.sse import SSEEvent
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
@@ -99,7 +100,7 @@ class ChatHandler(StreamingHandler):
             if chunk.content:
                 if self.answer is not None:
                     self.answer.append(chunk.content)
-                out.append(self._content_prefix + json.dumps(chunk.content, ensure_ascii=False).encode("utf-8") + self._content_suffix)
+                out.append(self._content_prefix + encode_json_string(chunk.content) + self._content_suffix)
         if out and self.ttft is None:
             self.ttft = started - self.started_at
         return self.write_batch(out, self.chunk_failure, started)

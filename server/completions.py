@@ -9,9 +9,27 @@ import json
 import logging
 from typing import Any, NamedTuple
 
+import orjson
+
 log = logging.getLogger("gateway.upstream")
 
-_decode = json.JSONDecoder().decode  # json.loads minus its per-call type checks; one call per relayed event
+
+def _decode(data: str) -> Any:
+    """orjson, about 4x faster than the stdlib for one call per relayed event; the stdlib for the little it
+    refuses that json.loads accepts (NaN, a lone surrogate escape from a provider that split an emoji)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def encode_json_string(text: str) -> bytes:
+    """`text` as a UTF-8 JSON string. A lone surrogate (half of a split emoji) stays a \\uXXXX escape, so the
+    client's JSON parser can join the halves again, instead of failing to encode."""
+    try:
+        return orjson.dumps(text)
+    except TypeError:
+        return json.dumps(text).encode("ascii")
 
 
 class Chunk(NamedTuple):

@@ -175,3 +175,12 @@ async def test_http10_upstream_body_read_until_close(start_gateway) -> None:
         assert gateway.gateway.http_client.open_connections() == 0
     finally:
         server.close()
+
+
+async def test_emoji_split_into_two_surrogate_escapes_is_relayed_joinable(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    halves = ['{"choices": [{"delta": {"content": "hi \\ud83d"}}]}', '{"choices": [{"delta": {"content": "\\ude00!"}}]}']
+    upstream.scenarios = [Scenario(raw_lines=halves)]
+    response = await chat(gateway.port, {"prompt": "x"})
+    assert [e["type"] for e in response.events] == ["connected", "content", "content", "done"]
+    assert b"\\ud83d" in response.body and b"\\ude00" in response.body  # kept as escapes, not mangled
+    assert response.text.encode("utf-16", "surrogatepass").decode("utf-16") == "hi 😀!"
