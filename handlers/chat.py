@@ -21,6 +21,8 @@ from server.logs import prompt_fields
 from server.sse import SSEEvent
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
 
+CONTENT_PREFIX = b'data: {"content": '
+
 
 def chat_event(kind: str, content: str, request_id: str, **extra: Any) -> bytes:
     event = {"content": content, "request_id": request_id, "type": kind, **extra}
@@ -43,8 +45,7 @@ class ChatHandler(StreamingHandler):
     async def _relay(self, messages: list[dict[str, str]], model: str, options: dict[str, Any], prompt_chars: int) -> None:
         settings = self.gateway.settings
         request_id = self.request_id
-        # Prefix and suffix of every content event, built once: the id is [A-Za-z0-9._:-] only.
-        self._content_prefix = b'data: {"content": '
+        # the suffix of every content event, built once per stream: the id is [A-Za-z0-9._:-] only
         self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
         self.events = 0
         self.ttft = None
@@ -100,7 +101,7 @@ class ChatHandler(StreamingHandler):
             if chunk.content:
                 if self.answer is not None:
                     self.answer.append(chunk.content)
-                out.append(self._content_prefix + encode_json_string(chunk.content) + self._content_suffix)
+                out.append(CONTENT_PREFIX + encode_json_string(chunk.content) + self._content_suffix)
         if out and self.ttft is None:
             self.ttft = started - self.started_at
         return self.write_batch(out, self.chunk_failure, started)

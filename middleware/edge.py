@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import cached_property
 from typing import Any
 
 from tornado.web import RequestHandler
@@ -48,8 +49,9 @@ class EdgeMixin(RequestHandler):
             self._request_id = resolve_request_id(self.request.headers.get("X-Request-ID"))
         return self._request_id
 
-    @property
+    @cached_property
     def client_ip(self) -> str:
+        """Computed once per request: the log line, the rate limit and the stream slot all ask."""
         headers = self.request.headers
         return client_ip(
             self.request.remote_ip or "",

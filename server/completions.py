@@ -39,7 +39,6 @@ class Chunk(NamedTuple):
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     error: str | None = None
-    error_code: Any = None
 
 
 def parse_chunk(data: str) -> Chunk | None:
@@ -55,8 +54,7 @@ def parse_chunk(data: str) -> Chunk | None:
     error = value.get("error")
     if error is not None:
         message = error.get("message") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-        return Chunk(error=str(message or "upstream reported an error"), error_code=code)
+        return Chunk(error=str(message or "upstream reported an error"))
     content = ""
     finish_reason = None
     choices = value.get("choices")

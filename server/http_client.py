@@ -70,7 +70,6 @@ class _Exchange:
         self.version = "HTTP/1.1"
         self.headers = httputil.HTTPHeaders()
         self.started = False
-        self.finished = False
         self.body = BytesIO()
 
     def headers_received(self, head: bytes) -> None:
@@ -257,7 +256,6 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         connection = headers.get("Connection", "").lower()
         keep_alive = connection == "keep-alive" or (exchange.version == "HTTP/1.1" and connection != "close")
         if method == "HEAD" or exchange.code in (204, 304):
-            exchange.finished = True
             return keep_alive
         if "chunked" in headers.get("Transfer-Encoding", "").lower():
             decoder = ChunkedDecoder()
@@ -278,7 +276,6 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
             with contextlib.suppress(StreamClosedError):
                 while True:
                     await exchange.deliver(await stream.read_bytes(_READ_SIZE, partial=True))
-        exchange.finished = True
         return keep_alive
 
     async def _checkout(self, origin: Origin, connect_timeout: float | None) -> tuple[IOStream, bool]:
