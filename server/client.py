@@ -146,13 +146,19 @@ async def stream_chat(url: str, prompt: str, out: TextIO, key: str | None = None
         raise BrokenPipeError("stdout was closed")
     try:
         if error is not None and reply.failure is None and reply.ended is None:
-            cause = getattr(error, "real_error", None) or error  # StreamClosedError wraps the OSError
-            raise ChatError(f"request to {request.url} failed: {cause}", reply.request_id)
+            raise ChatError(f"request to {request.url} failed: {_describe(error)}", reply.request_id)
         reply.outcome()
     finally:
         if not reply.at_line_start:  # leave the shell prompt on a line of its own
             out.write("\n")
             out.flush()
+
+
+def _describe(error: Exception) -> str:
+    """`Connection refused` rather than the loop's `[Errno 111] Connect call failed ('127.0.0.1', 8080)`."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    return str(error)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -5,23 +5,25 @@ which adds a handshake to every first token, and it has no way to cut a request 
 `streaming_callback` only acts when the next chunk arrives, and `future.cancel()` / `client.close()`
 leave the upstream socket open. A gateway must close the upstream the moment its client leaves.
 
-So this client speaks HTTP/1.1 over Tornado's public `TCPClient`/`IOStream`, keeps idle connections per
-origin for reuse, and `abort(request)` closes that request's socket at once — the upstream sees the
-close whether we are connecting, waiting for headers or mid-body. It reads the body itself rather than
-through `HTTP1Connection`, whose chunked reader (Tornado 6.6) coalesces small chunks and drops what it
-holds when the peer closes: a provider that sends text and then dies must not lose that text.
+So this client speaks HTTP/1.1 itself, as an asyncio `Protocol` on the loop's own transports, keeps idle
+connections per origin for reuse, and `abort(request)` closes that request's socket at once — the
+upstream sees the close whether we are connecting, waiting for headers or mid-body. Each network read
+goes straight from the transport to `streaming_callback` (one call per read, not per HTTP chunk), with
+no stream buffer, read future or coroutine hop in between: that is what a stream costs in memory and
+latency, measured in bench/ (Tornado's `IOStream` read path cost ~2 KB and a loop iteration per read).
+Tornado's own chunked reader (6.6) also coalesces small chunks and drops what it holds when the peer
+closes; a provider that sends text and then dies must not lose that text.
 
-Body bytes already buffered are handed over together (one `streaming_callback` per network read, not
-per HTTP chunk), and `streaming_callback` may return an awaitable: the next read waits for it, which
-gives back-pressure from a slow client.
+`streaming_callback` may return an awaitable: reading pauses until it is done, which gives
+back-pressure from a slow client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import re
-import select
+import socket
 import ssl
 import time
 from collections import defaultdict, deque
@@ -32,15 +34,13 @@ from urllib.parse import urlsplit
 
 from tornado import httputil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
 _IDLE_SECONDS = 30.0  # drop pooled connections idle longer than this; providers close theirs after ~60 s
 _MAX_IDLE_PER_ORIGIN = 256
 _MAX_HEADER_BYTES = 64 * 1024
-_READ_SIZE = 64 * 1024
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 class RequestAbortedError(Exception):
@@ -51,6 +51,10 @@ class ProtocolError(Exception):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
+class ConnectionClosedError(Exception):
+    """The upstream closed the connection before the response was complete."""
+
+
 class StreamingRequest(HTTPRequest):
     """An `HTTPRequest` that may also take `on_headers(status, headers)`: the parsed head, once, instead of
     `header_callback`'s line-by-line replay (which the caller would only parse again)."""
@@ -58,45 +62,6 @@ class StreamingRequest(HTTPRequest):
     def __init__(self, url: str, on_headers: Callable[[int, httputil.HTTPHeaders], None] | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.on_headers = on_headers
-
-
-class _Exchange:
-    """One response being received: status, headers, and a body sink (callback or buffer)."""
-
-    def __init__(self, request: HTTPRequest) -> None:
-        self.request = request
-        self.code = 0
-        self.reason = ""
-        self.version = "HTTP/1.1"
-        self.headers = httputil.HTTPHeaders()
-        self.started = False
-        self.body = BytesIO()
-
-    def headers_received(self, head: bytes) -> None:
-        text = head.decode("latin-1")
-        start, _, rest = text.partition("\n")
-        line = httputil.parse_response_start_line(start.strip())
-        self.code, self.reason, self.version = line.code, line.reason, line.version
-        self.headers = httputil.HTTPHeaders.parse(rest)
-        on_headers = getattr(self.request, "on_headers", None)
-        if on_headers is not None:
-            on_headers(self.code, self.headers)
-        elif self.request.header_callback is not None:
-            self.request.header_callback(f"{line.version} {line.code} {line.reason}\r\n")
-            for name, value in self.headers.get_all():
-                self.request.header_callback(f"{name}: {value}\r\n")
-            self.request.header_callback("\r\n")
-
-    async def deliver(self, data: bytes) -> None:
-        """Hand one network read's body bytes over; awaits the consumer (back-pressure)."""
-        if not data:
-            return
-        if self.request.streaming_callback is None:
-            self.body.write(data)
-            return
-        result = self.request.streaming_callback(data)
-        if result is not None:
-            await result  # type: ignore[misc]
 
 
 class ChunkedDecoder:
@@ -152,41 +117,284 @@ class ChunkedDecoder:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
+class _Connection(asyncio.Protocol):
+    """One upstream socket. Each network read goes straight to the response being received."""
+
+    __slots__ = ("closed", "exchange", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+
+    def send(self, request: HTTPRequest, message: bytes) -> _Exchange:
+        assert self.transport is not None
+        self.exchange = _Exchange(request, self)
+        self.transport.write(message)
+        return self.exchange
+
+    def close(self) -> None:
+        """Close now, unsent bytes dropped: the upstream sees the close at once."""
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small writes go out now
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.context.run(self.exchange.feed, data)
+        else:  # an idle keep-alive connection must stay silent
+            self.close()
+
+    def eof_received(self) -> None:
+        return None  # the transport closes; connection_lost ends the exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.context.run(self.exchange.connection_lost, exc)
+
+
+class _Exchange:
+    """One response being received on a `_Connection`: head, then the body by its framing.
+
+    `finished` resolves to whether the connection may be reused, once the body is complete and the
+    consumer of its last piece is done; or fails (`ConnectionClosedError`, `ProtocolError`, or what the
+    consumer raised)."""
+
+    __slots__ = (
+        "_consumer",
+        "_decoder",
+        "_ended",
+        "_error",
+        "_framing",
+        "_head",
+        "_remaining",
+        "body",
+        "code",
+        "connection",
+        "context",
+        "finished",
+        "headers",
+        "keep_alive",
+        "reason",
+        "request",
+        "started",
+        "version",
+    )
+
+    def __init__(self, request: HTTPRequest, connection: _Connection) -> None:
+        self.request = request
+        self.connection = connection
+        # the transport calls back in the context of whoever opened the connection: run this request's
+        # callbacks (and log lines, with their request id) in the context of this request
+        self.context = contextvars.copy_context()
+        self.code = 0
+        self.reason = ""
+        self.version = "HTTP/1.1"
+        self.headers = httputil.HTTPHeaders()
+        self.body: BytesIO | None = None if request.streaming_callback is not None else BytesIO()
+        self.started = False  # some of the head has arrived
+        self.keep_alive = False
+        self.finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._head = bytearray()
+        self._framing = "head"  # head | chunked | length | close
+        self._decoder: ChunkedDecoder | None = None
+        self._remaining = 0  # body bytes still to come (Content-Length framing)
+        self._consumer: asyncio.Future[Any] | None = None  # the streaming_callback's pending awaitable
+        self._ended = False
+        self._error: BaseException | None = None
+
+    # -- from the connection ----------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._ended or self._error is not None:
+            self.keep_alive = False  # bytes after the response: the connection cannot be reused
+            return
+        self.started = True
+        try:
+            if self._framing == "head":
+                data = self._read_head(data)
+                if self._framing == "head" or self._ended:
+                    return
+            self._read_body(data)
+        except Exception as exc:
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._framing == "close":
+            self._end()  # that is how this body ends
+        else:
+            self._fail(ConnectionClosedError("upstream closed the connection") if exc is None else ConnectionClosedError(str(exc)))
+
+    # -- head -------------------------------------------------------------------------------------
+    def _read_head(self, data: bytes) -> bytes:
+        """Buffer until the blank line; parse it; return the bytes after it."""
+        self._head += data
+        match = _HEAD_END.search(self._head)
+        if match is None:
+            if len(self._head) > _MAX_HEADER_BYTES:
+                raise ProtocolError("response head too long")
+            return b""
+        head, rest = bytes(self._head[: match.start()]), bytes(self._head[match.end() :])
+        self._head = bytearray()
+        self._headers_received(head.decode("latin-1"))
+        if 100 <= self.code < 200:  # an interim response: the real head follows
+            return self._read_head(rest) if rest else b""
+        self._choose_framing()
+        if self._ended and rest:
+            self.keep_alive = False  # bytes nobody asked for
+        return rest
+
+    def _headers_received(self, text: str) -> None:
+        start, _, rest = text.partition("\n")
+        line = httputil.parse_response_start_line(start.strip())
+        self.code, self.reason, self.version = line.code, line.reason, line.version
+        self.headers = httputil.HTTPHeaders.parse(rest)
+        on_headers = getattr(self.request, "on_headers", None)
+        if on_headers is not None:
+            on_headers(self.code, self.headers)
+        elif self.request.header_callback is not None:
+            self.request.header_callback(f"{line.version} {line.code} {line.reason}\r\n")
+            for name, value in self.headers.get_all():
+                self.request.header_callback(f"{name}: {value}\r\n")
+            self.request.header_callback("\r\n")
+
+    def _choose_framing(self) -> None:
+        headers = self.headers
+        connection = headers.get("Connection", "").lower()
+        self.keep_alive = connection == "keep-alive" or (self.version == "HTTP/1.1" and connection != "close")
+        if self.request.method == "HEAD" or self.code in (204, 304):
+            self._end()
+        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+            self._framing, self._decoder = "chunked", ChunkedDecoder()
+        elif "Content-Length" in headers:
+            try:
+                self._remaining = int(headers["Content-Length"])
+            except ValueError:
+                raise ProtocolError("invalid Content-Length") from None
+            self._framing = "length"
+            if self._remaining <= 0:
+                self._end()
+        else:  # the body ends when the connection does
+            self._framing, self.keep_alive = "close", False
+
+    # -- body -------------------------------------------------------------------------------------
+    def _read_body(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._decoder is not None:
+            payload = self._decoder.feed(data)
+            ended = self._decoder.done
+            self.keep_alive = self.keep_alive and not self._decoder.trailing
+        elif self._framing == "length":
+            payload = data[: self._remaining]
+            self.keep_alive = self.keep_alive and len(data) <= self._remaining
+            self._remaining -= len(payload)
+            ended = self._remaining == 0
+        else:
+            payload, ended = data, False
+        self._deliver(payload)
+        if ended:
+            self._end()
+
+    def _deliver(self, payload: bytes) -> None:
+        """One network read's body bytes to the request; an awaitable it returns pauses reading until done."""
+        if not payload:
+            return
+        if self.body is not None:
+            self.body.write(payload)
+            return
+        result = self.request.streaming_callback(payload)  # type: ignore[misc]
+        if result is None:
+            return
+        consumer = asyncio.ensure_future(result)
+        if consumer.done():
+            self._consumed(consumer)
+            return
+        self._consumer = consumer
+        self._pause(True)
+        consumer.add_done_callback(self._consumed)
+
+    def _consumed(self, consumer: asyncio.Future[Any]) -> None:
+        self._consumer = None
+        error = consumer.exception() if not consumer.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            self._fail(error)
+            return
+        self._pause(False)
+        self._settle()
+
+    def _pause(self, paused: bool) -> None:
+        transport = self.connection.transport
+        if transport is not None and not self.connection.closed:
+            (transport.pause_reading if paused else transport.resume_reading)()
+
+    # -- ending -----------------------------------------------------------------------------------
+    def _end(self) -> None:
+        self._ended = True
+        self._settle()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None and not self.finished.done():
+            self._error = error
+            self.connection.close()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Resolve `finished` once nothing is pending: a consumer still writing the last piece comes first."""
+        if self._consumer is not None or self.finished.done():
+            return
+        if self._error is not None:
+            self.connection.exchange = None
+            self.finished.set_exception(self._error)
+        elif self._ended:
+            self.connection.exchange = None
+            self.finished.set_result(self.keep_alive)
+
+
 class PooledAsyncHTTPClient(AsyncHTTPClient):
     """An `AsyncHTTPClient` with per-origin keep-alive pooling and `abort(request)`."""
 
     def initialize(self, defaults: dict[str, Any] | None = None) -> None:  # type: ignore[override]
         super().initialize(defaults)
-        self._tcp = TCPClient()
-        self._idle: dict[Origin, deque[tuple[IOStream, float]]] = defaultdict(deque)
-        self._active: dict[int, IOStream | None] = {}
+        self._idle: dict[Origin, deque[tuple[_Connection, float]]] = defaultdict(deque)
+        # per request in flight: its connection, or the connect attempt while there is none yet
+        self._active: dict[int, _Connection | asyncio.Future[Any] | None] = {}
         self._aborted: set[int] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._tls = ssl.create_default_context()
 
     # -- public ---------------------------------------------------------------------------------
     def abort(self, request: HTTPRequest) -> None:
-        """Close `request`'s upstream connection now; its fetch fails with `RequestAbortedError`."""
+        """Close `request`'s upstream connection now (or stop connecting); its fetch fails with
+        `RequestAbortedError`."""
         key = id(request)
         if key in self._active:
             self._aborted.add(key)
-            stream = self._active[key]
-            if stream is not None:
-                stream.close()
+            target = self._active[key]
+            if isinstance(target, _Connection):
+                target.close()
+            elif target is not None:
+                target.cancel()
 
     def open_connections(self) -> int:
         """Upstream sockets currently held (in use plus idle in the pool)."""
-        busy = sum(1 for stream in self._active.values() if stream is not None)
-        return busy + sum(len(pool) for pool in self._idle.values())
+        busy = sum(1 for target in self._active.values() if isinstance(target, _Connection) and not target.closed)
+        return busy + sum(1 for pool in self._idle.values() for connection, _ in pool if not connection.closed)
 
     def close(self) -> None:
         for pool in self._idle.values():
-            for stream, _ in pool:
-                stream.close()
+            for connection, _ in pool:
+                connection.close()
         self._idle.clear()
-        for stream in self._active.values():
-            if stream is not None:
-                stream.close()
+        for target in self._active.values():
+            if isinstance(target, _Connection):
+                target.close()
         super().close()
 
     # -- AsyncHTTPClient -------------------------------------------------------------------------
@@ -201,11 +409,12 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         start = time.monotonic()
         try:
             exchange = await self._exchange(request, key)
-        except Exception as exc:  # every failure becomes an HTTPResponse with code 599, as in Tornado
+        except (Exception, asyncio.CancelledError) as exc:  # every failure becomes a 599 HTTPResponse, as in Tornado
             error = RequestAbortedError("request aborted") if key in self._aborted else exc
             response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - start)
         else:
-            exchange.body.seek(0)
+            if exchange.body is not None:
+                exchange.body.seek(0)
             response = HTTPResponse(
                 request,
                 exchange.code,
@@ -226,82 +435,50 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         origin: Origin = (parts.scheme, parts.hostname or "", parts.port or (443 if tls else 80))
         message = _request_bytes(request, parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         while True:
-            stream, reused = await self._checkout(origin, request.connect_timeout)
+            connection, reused = await self._checkout(origin, request.connect_timeout, key)
             if key in self._aborted:
-                stream.close()
+                connection.close()
                 raise RequestAbortedError("request aborted")
-            self._active[key] = stream
-            exchange = _Exchange(request)
+            self._active[key] = connection
+            exchange = connection.send(request, message)
             try:
-                stream.write(message)
-                keep_alive = await self._read_response(stream, exchange, request.method)
-            except StreamClosedError:
+                keep_alive = await exchange.finished
+            except ConnectionClosedError:
                 if reused and not exchange.started and key not in self._aborted:
                     continue  # the pooled connection had gone stale; try a fresh one
                 raise
             if key in self._aborted:
                 raise RequestAbortedError("request aborted")
-            self._checkin(origin, stream, keep_alive)
+            self._checkin(origin, connection, keep_alive)
             return exchange
 
-    async def _read_response(self, stream: IOStream, exchange: _Exchange, method: str) -> bool:
-        """Read one response into `exchange`; True when the connection may be reused."""
-        while True:
-            head = await stream.read_until_regex(b"\r?\n\r?\n", max_bytes=_MAX_HEADER_BYTES)
-            exchange.started = True
-            exchange.headers_received(head)
-            if not 100 <= exchange.code < 200:
-                break
-        headers = exchange.headers
-        connection = headers.get("Connection", "").lower()
-        keep_alive = connection == "keep-alive" or (exchange.version == "HTTP/1.1" and connection != "close")
-        if method == "HEAD" or exchange.code in (204, 304):
-            return keep_alive
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            decoder = ChunkedDecoder()
-            while not decoder.done:
-                await exchange.deliver(decoder.feed(await stream.read_bytes(_READ_SIZE, partial=True)))
-            keep_alive = keep_alive and not decoder.trailing
-        elif "Content-Length" in headers:
-            try:
-                remaining = int(headers["Content-Length"])
-            except ValueError:
-                raise ProtocolError("invalid Content-Length") from None
-            while remaining > 0:
-                data = await stream.read_bytes(min(remaining, _READ_SIZE), partial=True)
-                remaining -= len(data)
-                await exchange.deliver(data)
-        else:  # the body ends when the connection does
-            keep_alive = False
-            with contextlib.suppress(StreamClosedError):
-                while True:
-                    await exchange.deliver(await stream.read_bytes(_READ_SIZE, partial=True))
-        return keep_alive
-
-    async def _checkout(self, origin: Origin, connect_timeout: float | None) -> tuple[IOStream, bool]:
+    async def _checkout(self, origin: Origin, connect_timeout: float | None, key: int) -> tuple[_Connection, bool]:
         pool = self._idle.get(origin)
         now = time.monotonic()
         while pool:
-            stream, since = pool.pop()
-            if now - since < _IDLE_SECONDS and _still_open(stream):
-                return stream, True
-            stream.close()
-        scheme, host, port = origin
-        stream = await self._tcp.connect(
-            host,
-            port,
-            ssl_options=self._tls if scheme == "https" else None,
-            timeout=connect_timeout or None,
-        )
-        stream.set_nodelay(True)
-        return stream, False
+            connection, since = pool.pop()
+            if now - since < _IDLE_SECONDS and not connection.closed:
+                return connection, True
+            connection.close()
+        attempt = asyncio.ensure_future(self._connect(origin, connect_timeout))
+        self._active[key] = attempt  # abort() cancels it
+        try:
+            return await attempt, False
+        except asyncio.CancelledError:
+            raise RequestAbortedError("request aborted") from None
 
-    def _checkin(self, origin: Origin, stream: IOStream, keep_alive: bool) -> None:
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        connect = asyncio.get_running_loop().create_connection(_Connection, host, port, ssl=self._tls if scheme == "https" else None)
+        _, connection = await asyncio.wait_for(connect, timeout or None)
+        return connection
+
+    def _checkin(self, origin: Origin, connection: _Connection, keep_alive: bool) -> None:
         pool = self._idle[origin]
-        if keep_alive and not stream.closed() and len(pool) < _MAX_IDLE_PER_ORIGIN:
-            pool.append((stream, time.monotonic()))
+        if keep_alive and not connection.closed and len(pool) < _MAX_IDLE_PER_ORIGIN:
+            pool.append((connection, time.monotonic()))
         else:
-            stream.close()
+            connection.close()
 
 
 def _request_bytes(request: HTTPRequest, host: str, target: str) -> bytes:
@@ -313,14 +490,3 @@ def _request_bytes(request: HTTPRequest, host: str, target: str) -> bytes:
     lines = [f"{request.method} {target} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in headers.get_all()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _still_open(stream: IOStream) -> bool:
-    """An idle keep-alive socket that polls readable has been closed by the peer (or sent junk)."""
-    if stream.closed():
-        return False
-    try:
-        readable, _, _ = select.select([stream.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable

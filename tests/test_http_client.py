@@ -1,12 +1,18 @@
-"""The pooled client's chunked-body decoder: any split of the wire bytes decodes to the same body."""
+"""The pooled client: its chunked-body decoder (any split of the wire bytes decodes to the same body), and its
+framing, keep-alive and back-pressure over real sockets."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tornado.httpclient import HTTPRequest
 
-from server.http_client import ChunkedDecoder, ProtocolError
+from server.http_client import ChunkedDecoder, PooledAsyncHTTPClient, ProtocolError
 
 
 def encode(pieces: list[bytes], trailer: bytes = b"") -> bytes:
@@ -43,3 +49,105 @@ def test_bytes_after_the_last_chunk_make_the_connection_unusable() -> None:
 def test_malformed_framing_is_a_protocol_error(wire: bytes) -> None:
     with pytest.raises(ProtocolError):
         ChunkedDecoder().feed(wire)
+
+
+# -- the client over real sockets, against hand-written upstreams ---------------------------------------
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def serving(answer: Answer) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw upstream on a free loopback port; yields its base URL and the number of connections made."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
+    finally:
+        server.close()
+
+
+async def test_interim_response_then_content_length_body() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await reader.read()  # keep the connection open until the client closes it
+
+    async with serving(answer) as (url, _):
+        client = PooledAsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(url + "/x", method="POST", body=b"{}")
+            assert (response.code, response.body) == (200, b"hello")
+            assert client.open_connections() == 1  # kept alive for the next request
+        finally:
+            client.close()
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_replaced() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()  # then close: a keep-alive connection the upstream dropped while idle
+
+    async with serving(answer) as (url, connections):
+        client = PooledAsyncHTTPClient(force_instance=True)
+        try:
+            for _ in range(3):
+                assert (await client.fetch(url + "/x")).body == b"ok"
+            assert len(connections) == 3
+        finally:
+            client.close()
+
+
+async def test_bytes_after_a_content_length_body_make_the_connection_unusable() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK")
+        await reader.read()
+
+    async with serving(answer) as (url, _):
+        client = PooledAsyncHTTPClient(force_instance=True)
+        try:
+            assert (await client.fetch(url + "/x")).body == b"ok"
+            assert client.open_connections() == 0
+        finally:
+            client.close()
+
+
+async def test_reading_pauses_while_the_streaming_callback_is_pending() -> None:
+    """Back-pressure: no further body bytes are handed over until the previous callback's awaitable is done."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"3\r\ntwo\r\n0\r\n\r\n")
+        await reader.read()
+
+    received: list[bytes] = []
+    release = asyncio.get_running_loop().create_future()
+
+    def on_chunk(chunk: bytes) -> Awaitable[None] | None:
+        received.append(chunk)
+        return release if len(received) == 1 else None
+
+    async with serving(answer) as (url, _):
+        client = PooledAsyncHTTPClient(force_instance=True)
+        try:
+            fetch = asyncio.ensure_future(client.fetch(HTTPRequest(url + "/x", streaming_callback=on_chunk)))
+            await asyncio.sleep(0.2)  # "two" is on the socket by now, but the first callback is still pending
+            assert received == [b"one"] and not fetch.done()
+            release.set_result(None)
+            response = await fetch
+            assert response.code == 200 and received == [b"one", b"two"]
+        finally:
+            client.close()
