@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from tornado import gen
+from tornado import gen, httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
@@ -180,6 +180,7 @@ class StreamingHandler(BaseHandler):
             raise ClientGoneError("client disconnected")
         self.write(data)
         self._last_write = time.monotonic()
+        headers_pending = not self._headers_written
         try:
             flushed = self.flush()
         except StreamClosedError:
@@ -187,6 +188,8 @@ class StreamingHandler(BaseHandler):
         if flushed is None or (flushed.done() and flushed.exception() is not None):
             self._client_gone = True
             raise ClientGoneError("client disconnected")
+        if headers_pending:  # they are on the wire: a long stream need not hold ~20 header entries
+            self._headers = httputil.HTTPHeaders()
         return None if flushed.done() else self._await_flush(flushed)
 
     async def send_now(self, data: bytes) -> None:

@@ -433,14 +433,14 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         parts = urlsplit(request.url)
         tls = parts.scheme == "https"
         origin: Origin = (parts.scheme, parts.hostname or "", parts.port or (443 if tls else 80))
-        message = _request_bytes(request, parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         while True:
             connection, reused = await self._checkout(origin, request.connect_timeout, key)
             if key in self._aborted:
                 connection.close()
                 raise RequestAbortedError("request aborted")
             self._active[key] = connection
-            exchange = connection.send(request, message)
+            exchange = connection.send(request, _request_bytes(request, parts.netloc, target))  # not held for the whole stream
             try:
                 keep_alive = await exchange.finished
             except ConnectionClosedError:

@@ -29,6 +29,7 @@ from server.sse import DONE, LineTooLongError, SSEEvent, SSEParser
 log = logging.getLogger("gateway.upstream")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_NO_HEADERS = httputil.HTTPHeaders()  # before a response head arrives; shared, never written to
 _MAX_ERROR_BODY = 64 * 1024
 _AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE]
 
@@ -102,6 +103,25 @@ def upstream_headers(settings: Settings, request_id: str) -> dict[str, str]:
 class UpstreamCall:
     """A single logical call (possibly several attempts) for one client request."""
 
+    __slots__ = (
+        "_connect_timed_out",
+        "_loop",
+        "_request",
+        "_stopped",
+        "_stream_deadline",
+        "_wake",
+        "attempts",
+        "client",
+        "committed",
+        "headers",
+        "models",
+        "on_attempt",
+        "payload",
+        "response_headers",
+        "settings",
+        "status",
+    )
+
     def __init__(
         self,
         client: PooledAsyncHTTPClient,
@@ -118,7 +138,7 @@ class UpstreamCall:
         self.on_attempt: Callable[[int | None, bool], None] | None = None  # (status, is_retry), for metrics
         self.committed = False
         self.status: int | None = None
-        self.response_headers = httputil.HTTPHeaders()
+        self.response_headers = _NO_HEADERS
         self._loop = IOLoop.current()
         self._request: HTTPRequest | None = None
         self._connect_timed_out = False
@@ -269,6 +289,21 @@ class UpstreamCall:
 class _StreamAttempt:
     """State of one streaming attempt: status line, parser, progress timers, error body."""
 
+    __slots__ = (
+        "call",
+        "consumer",
+        "done",
+        "error_body",
+        "failure",
+        "last_progress",
+        "loop",
+        "parser",
+        "sent_at",
+        "settings",
+        "streaming",
+        "timer",
+    )
+
     def __init__(self, call: UpstreamCall, consumer: EventsConsumer) -> None:
         self.call = call
         self.consumer = consumer
@@ -276,13 +311,14 @@ class _StreamAttempt:
         self.loop = call._loop
         self.parser = SSEParser(call.settings.max_upstream_line_bytes)
         self.error_body = bytearray()
+        self.sent_at = 0.0
         self.streaming = False
         self.done = False
         self.failure: UpstreamError | None = None
         self.last_progress = 0.0
         self.timer: object | None = None
         call.status = None
-        call.response_headers = httputil.HTTPHeaders()
+        call.response_headers = _NO_HEADERS
 
     # timers: one handle at a time; idle re-arms lazily instead of on every event
     def arm_first_token(self) -> None:
