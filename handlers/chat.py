@@ -62,7 +62,7 @@ class ChatHandler(StreamingHandler):
         payload = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **options}
         self.call = UpstreamCall(self.gateway.http_client, settings, payload, upstream_headers(settings, request_id))
         self.call.on_attempt = self.gateway.metrics.upstream_attempt
-        self.gateway.metrics.overhead.labels("request").observe(time.monotonic() - self.started_at)
+        self.gateway.metrics.request_overhead.observe(time.monotonic() - self.started_at)
         fields: dict[str, Any] = {"model": model, "prompt_chars": prompt_chars}
         try:
             await self.call.stream(self._on_events)

@@ -67,7 +67,7 @@ class ChatCompletionsHandler(StreamingHandler):
         self.call.on_attempt = self.gateway.metrics.upstream_attempt
         self._upstream_sent_at = time.monotonic()
         self._gateway_seconds = self._upstream_sent_at - self.started_at
-        self.gateway.metrics.overhead.labels("request").observe(self._gateway_seconds)
+        self.gateway.metrics.request_overhead.observe(self._gateway_seconds)
         return self.call
 
     def _set_server_timing(self) -> None:

@@ -158,12 +158,14 @@ class StreamingHandler(BaseHandler):
         assert self.call is not None
         self.call.commit()
         self.events += len(out)
-        self.gateway.metrics.stream_events.inc(len(out))
+        metrics = self.gateway.metrics
+        metrics.stream_events.inc(len(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
         if failure is not None:
-            self.write(b"".join(out))  # what came before the failure; the error event follows it
+            self.write(data)  # what came before the failure; the error event follows it
             raise failure
-        flushed = self.send(b"".join(out))
-        self.gateway.metrics.overhead.labels("event").observe(time.monotonic() - started)
+        flushed = self.send(data)
+        metrics.event_overhead.observe(time.monotonic() - started)
         return flushed
 
     def set_server_timing(self, gateway_seconds: float, upstream_seconds: float | None = None) -> None:
