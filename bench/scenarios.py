@@ -84,9 +84,13 @@ class OpenStreamsResult:
         return (self.rss_open_mb - self.rss_base_mb) * 1024 / max(1, self.streaming)
 
 
-async def open_streams(gateway: procs.Service, count: int, hold: float, ramp_timeout: float = 180.0) -> OpenStreamsResult:
-    """Hold `count` slow streams open through `gateway`; RSS per stream and loop lag p99 while they stream."""
-    target = loadgen.gateway_target(gateway.port)
+async def open_streams(
+    gateway: procs.Service, count: int, hold: float, target: loadgen.Target | None = None, ramp_timeout: float = 180.0
+) -> OpenStreamsResult:
+    """Hold `count` slow streams open through `gateway`; RSS per stream, and loop lag p99 while they stream from
+    the gateway's /metrics. With `target` (the bare relay, which has no /metrics) the lag is not measured."""
+    watch_lag = target is None
+    target = target or loadgen.gateway_target(gateway.port)
     warm = await loadgen.open_streams(target, min(20, count))  # import-time and first-use allocations are not per stream
     await _wait_streaming(warm, len(warm.connections), ramp_timeout)
     await warm.close()
@@ -97,15 +101,16 @@ async def open_streams(gateway: procs.Service, count: int, hold: float, ramp_tim
     await _wait_streaming(held, count, ramp_timeout)
     ramp = time.perf_counter() - started
     streaming = held.streaming()
-    before = await asyncio.to_thread(lag.scrape_lag, gateway.port)
+    before = await asyncio.to_thread(lag.scrape_lag, gateway.port) if watch_lag else None
     cpu = gateway.cpu()
     window = time.perf_counter()
     await asyncio.sleep(hold)
     cpu_share = (gateway.cpu() - cpu) / (time.perf_counter() - window)
-    after = await asyncio.to_thread(lag.scrape_lag, gateway.port)
     rss = gateway.rss()
     still_open = sum(1 for c in held.connections if c.usable)
-    p99, samples = lag.quantile(before, after, 0.99)
+    p99, samples = float("nan"), 0
+    if before is not None:
+        p99, samples = lag.quantile(before, await asyncio.to_thread(lag.scrape_lag, gateway.port), 0.99)
     await held.close()
     mb = 1024 * 1024
     return OpenStreamsResult(count, streaming, still_open, base / mb, rss / mb, p99 * 1000, samples, ramp, cpu_share)
