@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.upstream")
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _NO_HEADERS = httputil.HTTPHeaders()  # before a response head arrives; shared, never written to
 _MAX_ERROR_BODY = 64 * 1024
+_STREAM_MAX_MESSAGE = "stream exceeded STREAM_MAX_SECS"
 _AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE]
 
 EventsConsumer = Callable[[list[SSEEvent]], Awaitable[None] | None]
@@ -148,8 +149,14 @@ class UpstreamCall:
 
     # -- control from the handler ----------------------------------------------------------------
     def commit(self) -> None:
-        """The consumer has written to its client: from now on nothing may be retried."""
-        self.committed = True
+        """The consumer has written to its client: from now on nothing may be retried, so the request (a long
+        conversation, as a dict and as JSON bytes) need not stay in memory for the rest of the answer. The pooled
+        client re-sends a request's body only on a stale connection, before any byte of its answer."""
+        if not self.committed:
+            self.committed = True
+            self.payload = {}
+            if self._request is not None:
+                self._request.body = b""
 
     def cancel(self, error_type: str, message: str) -> None:
         """Stop now (client gone, shutdown, timeout): close the upstream socket, wake any backoff."""
@@ -161,43 +168,43 @@ class UpstreamCall:
             self._wake.set()
 
     # -- the call ---------------------------------------------------------------------------------
-    async def stream(self, consumer: EventsConsumer) -> None:
+    def stream(self, consumer: EventsConsumer) -> Awaitable[None]:
         """Relay the stream to `consumer` until `[DONE]`; raise `UpstreamError` on any other end."""
-        await self._with_retries(lambda model: self._stream_attempt(model, consumer))
+        return self._with_retries(lambda model: self._stream_attempt(model, consumer))
 
-    async def complete(self) -> dict[str, Any]:
+    def complete(self) -> Awaitable[dict[str, Any]]:
         """Non-streaming call: the provider's `chat.completion` JSON."""
-        return await self._with_retries(self._complete_attempt)
+        return self._with_retries(self._complete_attempt)
 
     async def _with_retries(self, attempt: Callable[[str], Awaitable[Any]]) -> Any:
-        stream_max = self._loop.call_at(self._stream_deadline, self.cancel, "upstream_timeout", "stream exceeded STREAM_MAX_SECS")
-        try:
-            last: UpstreamError | None = None
-            for model_index, model in enumerate(self.models):
-                if model_index:
-                    log.warning("falling back to model %s", model)
-                # the primary model gets UPSTREAM_RETRIES more tries; each fallback model one
-                for retry in range(self.settings.upstream_retries + 1 if model_index == 0 else 1):
-                    if retry:
-                        await self._backoff(retry, last)
+        """STREAM_MAX_SECS has no timer of its own: each attempt's timer fires at it when it comes first,
+        and backoff never sleeps past it (thousands of open streams, one timer each fewer)."""
+        last: UpstreamError | None = None
+        for model_index, model in enumerate(self.models):
+            if model_index:
+                log.warning("falling back to model %s", model)
+            # the primary model gets UPSTREAM_RETRIES more tries; each fallback model one
+            for retry in range(self.settings.upstream_retries + 1 if model_index == 0 else 1):
+                if retry:
+                    await self._backoff(retry, last)
+                if self._loop.time() >= self._stream_deadline:
+                    self._timeout(_STREAM_MAX_MESSAGE)
+                self._raise_if_stopped()
+                try:
+                    return await attempt(model)
+                except UpstreamError as exc:
+                    last = exc
                     self._raise_if_stopped()
-                    try:
-                        return await attempt(model)
-                    except UpstreamError as exc:
-                        last = exc
-                        self._raise_if_stopped()
-                        if self.committed or not exc.retryable:
-                            raise
-                        log.warning(
-                            "upstream attempt %d failed: %s",
-                            self.attempts,
-                            exc.message,
-                            extra={"attempt": self.attempts, "upstream_status": exc.status},
-                        )
-            assert last is not None
-            raise last
-        finally:
-            self._loop.remove_timeout(stream_max)
+                    if self.committed or not exc.retryable:
+                        raise
+                    log.warning(
+                        "upstream attempt %d failed: %s",
+                        self.attempts,
+                        exc.message,
+                        extra={"attempt": self.attempts, "upstream_status": exc.status},
+                    )
+        assert last is not None
+        raise last
 
     def _raise_if_stopped(self) -> None:
         if self._stopped is not None:
@@ -207,6 +214,7 @@ class UpstreamCall:
         delay = min(self.settings.retry_max_wait, 0.25 * 2 ** (retry - 1)) * (0.5 + random.random() / 2)
         if last is not None and last.retry_after is not None:
             delay = min(self.settings.retry_max_wait, last.retry_after)
+        delay = min(delay, self._stream_deadline - self._loop.time())
         if delay > 0 and self._stopped is None:
             self._wake = self._wake or asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -232,7 +240,7 @@ class UpstreamCall:
         self._connect_timed_out = False
         try:
             response = await self.client.fetch(request, raise_error=False)
-        except TimeoutError:  # TCPClient's connect timeout
+        except TimeoutError:  # the connect timeout
             self._connect_timed_out = True
         except Exception:  # other connection-level failures raise even with raise_error=False
             pass
@@ -252,7 +260,7 @@ class UpstreamCall:
 
     async def _complete_attempt(self, model: str) -> dict[str, Any]:
         self.status = None
-        first_byte = self._loop.call_later(self.settings.first_token_timeout, self._timeout, "no answer within FIRST_TOKEN_TIMEOUT_SECS")
+        first_byte = self.timeout_at(self._loop.time() + self.settings.first_token_timeout, "no answer within FIRST_TOKEN_TIMEOUT_SECS")
         try:
             response = await self._fetch(self._request_for(model))
         finally:
@@ -280,6 +288,12 @@ class UpstreamCall:
         finally:
             attempt.disarm()
         await attempt.finish(response)
+
+    def timeout_at(self, due: float, message: str) -> object:
+        """A timeout at `due` (loop time), or at the STREAM_MAX_SECS deadline when that comes first."""
+        if self._stream_deadline <= due:
+            due, message = self._stream_deadline, _STREAM_MAX_MESSAGE
+        return self._loop.call_at(due, self._timeout, message)
 
     def _timeout(self, message: str) -> None:
         log.warning("upstream timeout: %s", message)
@@ -320,25 +334,33 @@ class _StreamAttempt:
         call.status = None
         call.response_headers = _NO_HEADERS
 
-    # timers: one handle at a time; idle re-arms lazily instead of on every event
+    # timers: one handle at a time (first token, then idleness, each cut short by STREAM_MAX_SECS);
+    # idle re-arms lazily instead of on every event
     def arm_first_token(self) -> None:
         self.sent_at = self.loop.time()
-        self.timer = self.loop.call_later(
-            self.settings.first_token_timeout, self.call._timeout, "no first token within FIRST_TOKEN_TIMEOUT_SECS"
+        self.timer = self.call.timeout_at(
+            self.sent_at + self.settings.first_token_timeout, "no first token within FIRST_TOKEN_TIMEOUT_SECS"
         )
 
+    def _arm_idle(self) -> None:
+        due = min(self.last_progress + self.settings.upstream_idle_timeout, self.call._stream_deadline)
+        self.timer = self.loop.call_at(due, self._check_idle)
+
     def _check_idle(self) -> None:
-        remaining = self.last_progress + self.settings.upstream_idle_timeout - self.loop.time()
-        if remaining <= 0:
+        now = self.loop.time()
+        if now >= self.call._stream_deadline:
+            self.call._timeout(_STREAM_MAX_MESSAGE)
+        elif now >= self.last_progress + self.settings.upstream_idle_timeout:
             self.call._timeout("no data within UPSTREAM_IDLE_TIMEOUT_SECS")
         else:
-            self.timer = self.loop.call_later(remaining, self._check_idle)
+            self._arm_idle()
 
     def _progress(self) -> None:
-        if self.last_progress == 0.0:
-            self.disarm()
-            self.timer = self.loop.call_later(self.settings.upstream_idle_timeout, self._check_idle)
+        first = self.last_progress == 0.0
         self.last_progress = self.loop.time()
+        if first:
+            self.disarm()
+            self._arm_idle()
 
     def disarm(self) -> None:
         if self.timer is not None:
