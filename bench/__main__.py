@@ -177,7 +177,8 @@ class Bench:
                 self.notes.append(f"{service.name} at concurrency {concurrency}: {point.failed} streams failed or came back short")
         return results
 
-    def ttft_rows(self, name: str, ttft: scenarios.TTFT) -> None:
+    def ttft_rows(self, name: str, ttft: scenarios.TTFT, targets: bool = True) -> None:
+        """`targets`: the issue's added-TTFT targets are the gateway's; a peer's rows are for comparison only."""
         count = len(ttft.gateway)
         for q, target in ((0.5, 0.001), (0.99, 0.005)):
             label = f"p{round(q * 100)}"
@@ -188,8 +189,8 @@ class Bench:
                     ms(scenarios.percentile(ttft.gateway, q)),
                     ms(scenarios.percentile(ttft.direct, q)),
                     f"+{ms(added)}",
-                    f"≤ +{ms(target)}",
-                    added <= target,
+                    f"≤ +{ms(target)}" if targets else "—",
+                    added <= target if targets else None,
                 )
             )
         paired = ttft.paired
@@ -257,16 +258,19 @@ class Bench:
         with self.services(proxy):
             target = peers.litellm_target(proxy.port)
             with self.unpinned(upstream, proxy):
-                self.ttft_rows("LiteLLM", await scenarios.ttft_added(direct, target, self.plan.ttft_count))
+                self.ttft_rows("LiteLLM", await scenarios.ttft_added(direct, target, self.plan.ttft_count), targets=False)
             points = await self.sweep(proxy, target)
         for c, point in points.items():
             ours = gateway[c]
+            # events per CPU-second is the inverse of CPU per event: their CPU per 1k over ours
             self.rows.append(
                 Row(
-                    f"vs LiteLLM {peers.LITELLM_VERSION}, c={c}: gateway vs LiteLLM (events/s; CPU per 1k)",
+                    f"vs LiteLLM {peers.LITELLM_VERSION}, c={c}: events per CPU-second, gateway vs LiteLLM (events/s; CPU per 1k)",
                     f"{ours.events_per_second:,.0f}; {ours.cpu_ms_per_1k:.1f} ms",
                     f"{point.events_per_second:,.0f}; {point.cpu_ms_per_1k:.1f} ms",
-                    f"{ratio(ours.events_per_second, point.events_per_second)}; {ratio(ours.cpu_ms_per_1k, point.cpu_ms_per_1k)}",
+                    ratio(point.cpu_ms_per_1k, ours.cpu_ms_per_1k),
+                    "≥ 30x, no truncation",
+                    point.cpu_ms_per_1k >= 30 * ours.cpu_ms_per_1k and not point.failed and not ours.failed,
                 )
             )
 

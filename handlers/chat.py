@@ -35,7 +35,7 @@ class ChatHandler(StreamingHandler):
 
     async def post(self) -> None:
         settings = self.gateway.settings
-        request = validate_chat(self.body, settings)
+        request = validate_chat(self.take_body(), settings)
         await self.take_stream_slot()
         try:
             await self._relay(request.messages, request.model, request.options, request.prompt_chars)

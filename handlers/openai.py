@@ -48,7 +48,7 @@ class ChatCompletionsHandler(StreamingHandler):
     _streaming = False  # status and headers are committed
 
     async def post(self) -> None:
-        request = validate_openai_chat(self.body, self.gateway.settings)
+        request = validate_openai_chat(self.take_body(), self.gateway.settings)
         await self.take_stream_slot()
         try:
             if self._client_gone:  # left while the slot was being taken: spend nothing upstream

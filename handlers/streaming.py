@@ -76,9 +76,10 @@ class StreamingHandler(BaseHandler):
             return
         self._body += chunk
 
-    @property
-    def body(self) -> bytes:
-        return bytes(self._body or b"")
+    def take_body(self) -> bytes:
+        """The request body, once: the buffer is let go, so a long conversation is not held twice for a whole stream."""
+        body, self._body = bytes(self._body or b""), bytearray()
+        return body
 
     # -- slots ------------------------------------------------------------------------------------
     async def take_stream_slot(self) -> None:
