@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Commands (Debian packages of the same name) the suite drives for real: redis-server and nginx for the
-# scale-out tests, chromium (with its recommended fonts) for the browser tests
-SYSTEM_PACKAGES := redis-server nginx chromium
+# scale-out tests, chromium (with its recommended fonts) for the browser tests, openssl for the benchmark's
+# self-signed TLS upstream (its smoke test)
+SYSTEM_PACKAGES := redis-server nginx chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench clean system-deps
@@ -24,7 +25,7 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server nginx && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server nginx openssl && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	fi
 

@@ -16,6 +16,7 @@ import asyncio
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class Bench:
                 self.log(f"phase 2: throughput through the bare relay ({client} upstream client)")
                 relays[client] = await self.sweep(relay, loadgen.openai_target("relay", relay.port, "/chat", MODEL, "bench"))
         self.throughput_rows(through_gateway, relays["pooled"], relays["simple"])
+        await self.keep_alive_over_tls()
         if plan.peer == "litellm" and plan.litellm_venv:
             await self.litellm(upstream, direct, through_gateway)
 
@@ -228,16 +230,7 @@ class Bench:
                     met,
                 )
             )
-        for c, point in pooled.items():
-            fresh = simple[c]
-            self.rows.append(
-                Row(
-                    f"keep-alive gain, c={c}: bare relay pooled vs new connection per request (events/s; CPU per 1k)",
-                    f"{point.events_per_second:,.0f}; {point.cpu_ms_per_1k:.1f} ms",
-                    f"{fresh.events_per_second:,.0f}; {fresh.cpu_ms_per_1k:.1f} ms",
-                    f"{ratio(point.events_per_second, fresh.events_per_second)}; {ratio(point.cpu_ms_per_1k, fresh.cpu_ms_per_1k)}",
-                )
-            )
+        self.keep_alive_rows("keep-alive gain", pooled, simple)
         self.notes.append(
             "Throughput: events/s are bounded by core 1 (the demo upstream writes and flushes each of its 200 chunks, and the "
             "load generator reads them); CPU per 1,000 events of the relaying process is the efficiency measure."
@@ -250,6 +243,46 @@ class Bench:
         self.notes.append(
             "An event is one content chunk of the answer; CPU is user+sys of the relaying process from /proc/<pid>/stat over the window."
         )
+
+    def keep_alive_rows(self, label: str, pooled: dict[int, scenarios.Throughput], simple: dict[int, scenarios.Throughput]) -> None:
+        for c, point in pooled.items():
+            fresh = simple[c]
+            self.rows.append(
+                Row(
+                    f"{label}, c={c}: bare relay pooled vs new connection per request (events/s; CPU per 1k)",
+                    f"{point.events_per_second:,.0f}; {point.cpu_ms_per_1k:.1f} ms",
+                    f"{fresh.events_per_second:,.0f}; {fresh.cpu_ms_per_1k:.1f} ms",
+                    f"{ratio(point.events_per_second, fresh.events_per_second)}; {ratio(point.cpu_ms_per_1k, fresh.cpu_ms_per_1k)}",
+                )
+            )
+
+    async def keep_alive_over_tls(self) -> None:
+        """What the pool saves against a real provider: a TLS handshake per request. The bare relay, pooled and
+        with a new connection per request, in front of the demo upstream over HTTPS (a self-signed certificate
+        for 127.0.0.1, trusted through SSL_CERT_FILE)."""
+        plan = self.plan
+        with tempfile.TemporaryDirectory(prefix="bench-tls-") as directory:
+            tls = procs.SelfSigned.make(directory)
+            upstream = procs.start_upstream(0, plan.answer_words, cpus=self.driver, tls=tls)
+            with self.services(upstream):
+                relays = {client: procs.start_relay(upstream, client, cpus=self.sut, tls=tls) for client in ("pooled", "simple")}
+                with self.services(*relays.values()):
+                    targets = {client: loadgen.openai_target("relay", r.port, "/chat", MODEL, "bench") for client, r in relays.items()}
+                    count = min(plan.ttft_count, 200)
+                    self.log(f"phase 2: the bare relay over a TLS upstream: {count} sequential streams each way, then throughput")
+                    with self.unpinned(upstream, *relays.values()):
+                        ttft = await scenarios.ttft_added(targets["pooled"], targets["simple"], count)
+                    points = {client: await self.sweep(relays[client], targets[client]) for client in relays}
+        for q in (0.5, 0.99):
+            self.rows.append(
+                Row(
+                    f"TTFT p{round(q * 100)} over a TLS upstream, {count} sequential streams: bare relay new connection vs keep-alive",
+                    ms(scenarios.percentile(ttft.gateway, q)),
+                    ms(scenarios.percentile(ttft.direct, q)),
+                    f"+{ms(ttft.added(q))}",
+                )
+            )
+        self.keep_alive_rows("keep-alive gain over TLS", points["pooled"], points["simple"])
 
     async def litellm(self, upstream: procs.Service, direct: loadgen.Target, gateway: dict[int, scenarios.Throughput]) -> None:
         assert self.plan.litellm_venv is not None

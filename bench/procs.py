@@ -116,10 +116,30 @@ def start(
     raise RuntimeError(f"{name} did not listen on port {port} within {startup_timeout:g} s")
 
 
-def start_upstream(delay_ms: float, answer_words: int, words_per_chunk: int = 1, cpus: set[int] | None = None) -> Service:
+@dataclass(frozen=True)
+class SelfSigned:
+    """A throwaway certificate for 127.0.0.1 (the TLS upstream); a client trusts it through SSL_CERT_FILE."""
+
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, directory: str) -> SelfSigned:
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
+        command += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert]
+        subprocess.run(command, check=True, capture_output=True)
+        return cls(cert, key)
+
+
+def start_upstream(
+    delay_ms: float, answer_words: int, words_per_chunk: int = 1, cpus: set[int] | None = None, tls: SelfSigned | None = None
+) -> Service:
     port = free_port()
     args = [sys.executable, "-m", "server.demo_upstream", "--port", str(port), "--delay-ms", str(delay_ms)]
     args += ["--answer-words", str(answer_words), "--words-per-chunk", str(words_per_chunk)]
+    if tls is not None:
+        args += ["--tls-cert", tls.cert, "--tls-key", tls.key]
     return start("upstream", args, port, cpus=cpus)
 
 
@@ -142,7 +162,10 @@ def start_gateway(upstream: Service, cpus: set[int] | None = None, python: str =
     return start("gateway", [python, "run.py"], port, env, cpus)
 
 
-def start_relay(upstream: Service, client: str, cpus: set[int] | None = None) -> Service:
+def start_relay(upstream: Service, client: str, cpus: set[int] | None = None, tls: SelfSigned | None = None) -> Service:
+    """The bare relay in front of `upstream`; over HTTPS, trusting only `tls`'s certificate, when it is given."""
     port = free_port()
-    args = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream.port}/api/v1"]
-    return start(f"relay-{client}", [*args, "--client", client], port, cpus=cpus)
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{upstream.port}/api/v1"
+    args = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream", base]
+    env = {"SSL_CERT_FILE": tls.cert} if tls else None
+    return start(f"relay-{client}", [*args, "--client", client], port, env, cpus=cpus)

@@ -26,6 +26,7 @@ class RelayHandler(web.RequestHandler):
 
     async def post(self) -> None:
         self.set_header("Content-Type", "text/event-stream")
+        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]  # as any streaming relay must
         request = HTTPRequest(
             self.url,
             method="POST",

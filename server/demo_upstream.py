@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import re
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -165,13 +166,16 @@ def make_app(options: DemoOptions) -> web.Application:
     )
 
 
-def start_demo_upstream(options: DemoOptions, host: str = "127.0.0.1", port: int = 0) -> tuple[httpserver.HTTPServer, str]:
-    """Listen on `host:port` (0: an ephemeral port) on the current loop; return the server and its base URL."""
+def start_demo_upstream(
+    options: DemoOptions, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+) -> tuple[httpserver.HTTPServer, str]:
+    """Listen on `host:port` (0: an ephemeral port) on the current loop, over TLS with `tls`; return the server
+    and its base URL."""
     sockets = bind_sockets(port, host)
-    server = httpserver.HTTPServer(make_app(options))
+    server = httpserver.HTTPServer(make_app(options), ssl_options=tls)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]
-    return server, f"http://{host}:{bound}{BASE_PATH}"
+    return server, f"{'https' if tls else 'http'}://{host}:{bound}{BASE_PATH}"
 
 
 def main() -> None:
@@ -181,11 +185,17 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=30.0)
     parser.add_argument("--words-per-chunk", type=int, default=1)
     parser.add_argument("--answer-words", type=int, default=0)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (the benchmark's self-signed upstream)")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key")
     args = parser.parse_args()
     options = DemoOptions(args.delay_ms / 1000, args.words_per_chunk, args.answer_words)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
 
     async def serve() -> None:
-        _, url = start_demo_upstream(options, args.host, args.port)
+        _, url = start_demo_upstream(options, args.host, args.port, tls)
         print(f"demo upstream at {url}", flush=True)
         await asyncio.Event().wait()
 

@@ -36,6 +36,8 @@ def test_tiny_run_writes_one_table_with_every_measure(tmp_path: Path) -> None:
         "CPU per 1,000 events, c=1: gateway vs bare relay (keep-alive)",
         "events/s, c=4, 20-chunk answers: gateway vs bare relay (keep-alive)",
         "keep-alive gain, c=4: bare relay pooled vs new connection per request",
+        "TTFT p50 over a TLS upstream, 3 sequential streams: bare relay new connection vs keep-alive",
+        "keep-alive gain over TLS, c=4: bare relay pooled vs new connection per request",
         "RSS per open stream, 6 streams: gateway vs bare relay (keep-alive)",
         "event-loop lag p99 while 6 streams stream",
         "rate limiter memory after 3,000 client ids, after eviction",
