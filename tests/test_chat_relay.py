@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 
+from bench.procs import SelfSigned
+from server.demo_upstream import DemoOptions, start_demo_upstream
 from tests.conftest import RunningGateway, build_request, chat, connect, hang_up_after_upstream_called, read_response
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
 
@@ -184,3 +187,27 @@ async def test_emoji_split_into_two_surrogate_escapes_is_relayed_joinable(gatewa
     assert [e["type"] for e in response.events] == ["connected", "content", "content", "done"]
     assert b"\\ud83d" in response.body and b"\\ude00" in response.body  # kept as escapes, not mangled
     assert response.text.encode("utf-16", "surrogatepass").decode("utf-16") == "hi 😀!"
+
+
+async def test_https_upstream_streams_over_one_pooled_tls_connection(start_gateway, tmp_path, monkeypatch) -> None:
+    """A provider over TLS (the demo upstream with a throwaway self-signed certificate, trusted the way an operator
+    trusts a private CA: SSL_CERT_FILE); an untrusted certificate fails the request instead of streaming."""
+    certificate = SelfSigned.make(str(tmp_path))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certificate.cert, certificate.key)
+    server, url = start_demo_upstream(DemoOptions(delay=0, answer_words=5), tls=tls)
+    try:
+        untrusted = start_gateway(OPENROUTER_BASE_URL=url, UPSTREAM_RETRIES="0")
+        refused = await chat(untrusted.port, {"prompt": "x"})
+        assert refused.events[-1]["type"] == "error"
+        assert refused.events[-1]["error_type"] == "upstream_error"
+
+        monkeypatch.setenv("SSL_CERT_FILE", certificate.cert)  # read by OpenSSL when the client's context is made
+        gateway = start_gateway(OPENROUTER_BASE_URL=url)
+        for _ in range(2):
+            response = await chat(gateway.port, {"prompt": "x"})
+            assert response.events[-1]["type"] == "done"
+            assert len(response.text.split()) == 5
+        assert gateway.gateway.http_client.open_connections() == 1
+    finally:
+        server.stop()
