@@ -238,7 +238,8 @@ class Bench:
         self.notes.append(
             "Bare relay: bench/relay.py, Tornado `RequestHandler` forwarding the body and every upstream read unparsed; "
             "keep-alive = the gateway's `PooledAsyncHTTPClient`, new connection = Tornado's `SimpleAsyncHTTPClient`. "
-            "It runs on Tornado's default asyncio loop; the gateway on uvloop, which it ships with because this table showed it pays."
+            "It runs on the gateway's own loop (uvloop) and GC settings, and sets TCP_NODELAY on the client socket as the gateway does "
+            "(a streaming relay must: with Nagle's algorithm its small writes wait for the client's delayed ACK)."
         )
         self.notes.append(
             "An event is one content chunk of the answer; CPU is user+sys of the relaying process from /proc/<pid>/stat over the window."

@@ -1,5 +1,8 @@
 """The framework floor: a bare Tornado pass-through relay with no parsing, no edge, no metrics, no logs.
 
+It runs on the gateway's loop (uvloop) with its GC settings and sets TCP_NODELAY as the gateway does, so the
+comparison isolates what the gateway's handler adds, not a different loop or Nagle batching its writes.
+
 `POST /chat` forwards the client's body to `{upstream}/chat/completions` and writes every upstream read
 straight back, flushed. `--client pooled` reuses keep-alive upstream connections (the gateway's own
 `PooledAsyncHTTPClient`, so the comparison isolates what the gateway adds on top of Tornado and its
@@ -17,6 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from server.http_client import PooledAsyncHTTPClient
+from server.lifecycle import run
 
 
 class RelayHandler(web.RequestHandler):
@@ -61,7 +65,7 @@ def main() -> None:
         make_app(args.upstream, args.client).listen(args.port, "127.0.0.1")
         await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    run(serve())  # the gateway's own loop (uvloop) and GC settings: the floor differs from it only in the handler
 
 
 if __name__ == "__main__":

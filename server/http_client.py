@@ -410,7 +410,8 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         try:
             exchange = await self._exchange(request, key)
         except (Exception, asyncio.CancelledError) as exc:  # every failure becomes a 599 HTTPResponse, as in Tornado
-            error = RequestAbortedError("request aborted") if key in self._aborted else exc
+            aborted = key in self._aborted or isinstance(exc, asyncio.CancelledError)
+            error = RequestAbortedError("request aborted") if aborted else exc
             response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - start)
         else:
             if exchange.body is not None:
