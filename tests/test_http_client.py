@@ -57,8 +57,9 @@ Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @asynccontextmanager
-async def serving(answer: Answer) -> AsyncIterator[tuple[str, list[int]]]:
-    """A raw upstream on a free loopback port; yields its base URL and the number of connections made."""
+async def serving(answer: Answer) -> AsyncIterator[tuple[str, list[int], PooledAsyncHTTPClient]]:
+    """A raw upstream on a free loopback port and a pooled client; yields its base URL, the connections it
+    accepted so far, and the client (closed afterwards)."""
     connections: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -69,9 +70,11 @@ async def serving(answer: Answer) -> AsyncIterator[tuple[str, list[int]]]:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = PooledAsyncHTTPClient(force_instance=True)
     try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections, client
     finally:
+        client.close()
         server.close()
 
 
@@ -81,14 +84,10 @@ async def test_interim_response_then_content_length_body() -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
         await reader.read()  # keep the connection open until the client closes it
 
-    async with serving(answer) as (url, _):
-        client = PooledAsyncHTTPClient(force_instance=True)
-        try:
-            response = await client.fetch(url + "/x", method="POST", body=b"{}")
-            assert (response.code, response.body) == (200, b"hello")
-            assert client.open_connections() == 1  # kept alive for the next request
-        finally:
-            client.close()
+    async with serving(answer) as (url, _, client):
+        response = await client.fetch(url + "/x", method="POST", body=b"{}")
+        assert (response.code, response.body) == (200, b"hello")
+        assert client.open_connections() == 1  # kept alive for the next request
 
 
 async def test_a_pooled_connection_the_upstream_closed_is_replaced() -> None:
@@ -97,14 +96,10 @@ async def test_a_pooled_connection_the_upstream_closed_is_replaced() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()  # then close: a keep-alive connection the upstream dropped while idle
 
-    async with serving(answer) as (url, connections):
-        client = PooledAsyncHTTPClient(force_instance=True)
-        try:
-            for _ in range(3):
-                assert (await client.fetch(url + "/x")).body == b"ok"
-            assert len(connections) == 3
-        finally:
-            client.close()
+    async with serving(answer) as (url, connections, client):
+        for _ in range(3):
+            assert (await client.fetch(url + "/x")).body == b"ok"
+        assert len(connections) == 3
 
 
 async def test_bytes_after_a_content_length_body_make_the_connection_unusable() -> None:
@@ -113,13 +108,9 @@ async def test_bytes_after_a_content_length_body_make_the_connection_unusable() 
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK")
         await reader.read()
 
-    async with serving(answer) as (url, _):
-        client = PooledAsyncHTTPClient(force_instance=True)
-        try:
-            assert (await client.fetch(url + "/x")).body == b"ok"
-            assert client.open_connections() == 0
-        finally:
-            client.close()
+    async with serving(answer) as (url, _, client):
+        assert (await client.fetch(url + "/x")).body == b"ok"
+        assert client.open_connections() == 0
 
 
 async def test_reading_pauses_while_the_streaming_callback_is_pending() -> None:
@@ -140,14 +131,10 @@ async def test_reading_pauses_while_the_streaming_callback_is_pending() -> None:
         received.append(chunk)
         return release if len(received) == 1 else None
 
-    async with serving(answer) as (url, _):
-        client = PooledAsyncHTTPClient(force_instance=True)
-        try:
-            fetch = asyncio.ensure_future(client.fetch(HTTPRequest(url + "/x", streaming_callback=on_chunk)))
-            await asyncio.sleep(0.2)  # "two" is on the socket by now, but the first callback is still pending
-            assert received == [b"one"] and not fetch.done()
-            release.set_result(None)
-            response = await fetch
-            assert response.code == 200 and received == [b"one", b"two"]
-        finally:
-            client.close()
+    async with serving(answer) as (url, _, client):
+        fetch = asyncio.ensure_future(client.fetch(HTTPRequest(url + "/x", streaming_callback=on_chunk)))
+        await asyncio.sleep(0.2)  # "two" is on the socket by now, but the first callback is still pending
+        assert received == [b"one"] and not fetch.done()
+        release.set_result(None)
+        response = await fetch
+        assert response.code == 200 and received == [b"one", b"two"]
