@@ -321,12 +321,13 @@ class _Exchange:
         consumer.add_done_callback(self._consumed)
 
     def _consumed(self, consumer: asyncio.Future[Any]) -> None:
-        self._consumer = None
+        paused, self._consumer = self._consumer is not None, None
         error = consumer.exception() if not consumer.cancelled() else asyncio.CancelledError()
         if error is not None:
             self._fail(error)
             return
-        self._pause(False)
+        if paused:  # an awaitable done at once (a flush that went straight out) never paused reading
+            self._pause(False)
         self._settle()
 
     def _pause(self, paused: bool) -> None:
