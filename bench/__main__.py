@@ -181,20 +181,7 @@ class Bench:
 
     def ttft_rows(self, name: str, ttft: scenarios.TTFT, targets: bool = True) -> None:
         """`targets`: the issue's added-TTFT targets are the gateway's; a peer's rows are for comparison only."""
-        count = len(ttft.gateway)
-        for q, target in ((0.5, 0.001), (0.99, 0.005)):
-            label = f"p{round(q * 100)}"
-            added = ttft.added(q)
-            self.rows.append(
-                Row(
-                    f"TTFT {label}, {count} sequential streams: {name} vs direct",
-                    ms(scenarios.percentile(ttft.gateway, q)),
-                    ms(scenarios.percentile(ttft.direct, q)),
-                    f"+{ms(added)}",
-                    f"≤ +{ms(target)}" if targets else "—",
-                    added <= target if targets else None,
-                )
-            )
+        self.ttft_percentile_rows("", f"{name} vs direct", ttft, targets)
         paired = ttft.paired
         self.rows.append(
             Row(
@@ -245,6 +232,22 @@ class Bench:
             "An event is one content chunk of the answer; CPU is user+sys of the relaying process from /proc/<pid>/stat over the window."
         )
 
+    def ttft_percentile_rows(self, where: str, comparison: str, ttft: scenarios.TTFT, targets: bool) -> None:
+        """p50 and p99 of `ttft` (measured side vs baseline side) and what it adds; with `targets`, the issue's."""
+        count = len(ttft.gateway)
+        for q, target in ((0.5, 0.001), (0.99, 0.005)):
+            added = ttft.added(q)
+            self.rows.append(
+                Row(
+                    f"TTFT p{round(q * 100)}{where}, {count} sequential streams: {comparison}",
+                    ms(scenarios.percentile(ttft.gateway, q)),
+                    ms(scenarios.percentile(ttft.direct, q)),
+                    f"+{ms(added)}",
+                    f"≤ +{ms(target)}" if targets else "—",
+                    added <= target if targets else None,
+                )
+            )
+
     def keep_alive_rows(self, label: str, pooled: dict[int, scenarios.Throughput], simple: dict[int, scenarios.Throughput]) -> None:
         for c, point in pooled.items():
             fresh = simple[c]
@@ -274,15 +277,7 @@ class Bench:
                     with self.unpinned(upstream, *relays.values()):
                         ttft = await scenarios.ttft_added(targets["pooled"], targets["simple"], count)
                     points = {client: await self.sweep(relays[client], targets[client]) for client in relays}
-        for q in (0.5, 0.99):
-            self.rows.append(
-                Row(
-                    f"TTFT p{round(q * 100)} over a TLS upstream, {count} sequential streams: bare relay new connection vs keep-alive",
-                    ms(scenarios.percentile(ttft.gateway, q)),
-                    ms(scenarios.percentile(ttft.direct, q)),
-                    f"+{ms(ttft.added(q))}",
-                )
-            )
+        self.ttft_percentile_rows(" over a TLS upstream", "bare relay new connection vs keep-alive", ttft, targets=False)
         self.keep_alive_rows("keep-alive gain over TLS", points["pooled"], points["simple"])
 
     async def litellm(self, upstream: procs.Service, direct: loadgen.Target, gateway: dict[int, scenarios.Throughput]) -> None:
