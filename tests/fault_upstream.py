@@ -3,13 +3,17 @@
 Each request takes the next `Scenario` from `FaultUpstream.scenarios` (the last one repeats), so a test
 can script "503, 503, then a good stream" for retries. It records every request it received and
 whether (and when) the gateway closed each connection, so tests can assert cancellation.
+`raw_upstream` is for what Tornado would refuse to send: broken HTTP, resets, TLS a client cannot trust.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,3 +206,26 @@ class _Handler(web.RequestHandler):
             await self._hang()
             return
         self.finish()
+
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_upstream(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
+    """A hand-written upstream on a free loopback port: `answer` speaks for each connection. Yields its base URL
+    and the connections it accepted so far."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
+    finally:
+        server.close()
