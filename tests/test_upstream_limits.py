@@ -4,12 +4,14 @@ open after `[DONE]`, and a non-streaming answer is timed like a stream. Real soc
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import RawResponse, chat, request
 from tests.fault_upstream import FaultUpstream, Scenario
+from tests.services import GatewayProcess
 
 MiB = 1024 * 1024
 LINES = (b"data: " + b"x" * 1017 + b"\n") * 64  # 64 KiB of data lines and never the blank line that ends an event
@@ -132,3 +134,33 @@ async def test_keep_alive_whitespace_is_not_a_first_byte(start_gateway, upstream
     upstream.scenarios = [Scenario(endless_bytes=MiB, endless_head=b"\n", endless_block=b"\n", delay=0.05)]
     body = openai_error(await v1(gateway.port, False), 504, "upstream_timeout")
     assert body["message"] == "no answer within FIRST_TOKEN_TIMEOUT_SECS"
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (the most it was ever resident), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
+
+
+async def test_a_hostile_upstream_costs_the_process_little_memory(upstream: FaultUpstream, spawn) -> None:
+    """`python run.py` against 128 MiB of data lines in one event, a 400 MiB answer and a 100 MiB error body:
+    its peak resident memory stays under the baseline + 64 MiB, during and after."""
+    env = {"OPENROUTER_API_KEY": "sk-test", "OPENROUTER_BASE_URL": upstream.base_url, **FAST}
+    gateway = spawn(GatewayProcess, demo=False, **env)
+    upstream.scenarios = [Scenario(), Scenario(json_body=ANSWER)]
+    assert types(await chat(gateway.port, {"prompt": "x"}))[-1] == "done"  # warm: every code path imported
+    assert (await v1(gateway.port, False)).status == 200
+    baseline = memory_kib(gateway.pid)["VmRSS"]
+    upstream.scenarios = [
+        Scenario(endless_bytes=128 * MiB, endless_head=b"", endless_block=LINES),
+        Scenario(endless_bytes=400 * MiB, endless_head=b'{"choices": "'),
+        Scenario(status=500, endless_bytes=100 * MiB, endless_head=b""),
+        Scenario(),
+    ]
+    assert "upstream event too large" in (await chat(gateway.port, {"prompt": "x"})).events[-1]["content"]
+    openai_error(await v1(gateway.port, False), 502, "upstream_error")
+    openai_error(await v1(gateway.port, True), 500, "upstream_error")
+    assert types(await chat(gateway.port, {"prompt": "x"}))[-1] == "done"
+    memory = memory_kib(gateway.pid)
+    assert memory["VmHWM"] < baseline + 64 * 1024, (baseline, memory)
+    assert memory["VmRSS"] < baseline + 64 * 1024, (baseline, memory)
