@@ -5,7 +5,9 @@ and hands each read's batch of events to the consumer; it knows nothing about th
 Retries (connect failure, 429, 5xx, a stream cut short) happen only while the consumer has not
 `commit()`-ed, i.e. before anything reached the client, so text is never duplicated. Every way a call
 can end other than `[DONE]` raises `UpstreamError` with an `error_type` the handlers turn into their
-client's error format.
+client's error format. Nothing the provider sends is held without a cap: one SSE line and one SSE event
+(MAX_UPSTREAM_LINE_BYTES, MAX_UPSTREAM_EVENT_BYTES), a non-streaming answer (MAX_UPSTREAM_BODY_BYTES), an
+error body (64 KiB, then the connection is closed).
 """
 
 from __future__ import annotations
@@ -419,13 +421,12 @@ class _CompleteAttempt(_Attempt):
 class _StreamAttempt(_Attempt):
     """A streaming attempt: the SSE parser, `[DONE]`, and back-pressure from the consumer."""
 
-    __slots__ = ("consumer", "done", "parser", "relayed", "streaming")
+    __slots__ = ("consumer", "done", "parser", "relayed")
 
     def __init__(self, call: UpstreamCall, consumer: EventsConsumer) -> None:
         super().__init__(call)
         self.consumer = consumer
         self.parser = SSEParser(call.settings.max_upstream_line_bytes, call.settings.max_upstream_event_bytes)
-        self.streaming = False
         self.done = False
         self.relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -443,12 +444,10 @@ class _StreamAttempt(_Attempt):
     def on_headers(self, status: int, headers: httputil.HTTPHeaders) -> None:
         super().on_headers(status, headers)
         self.reading_error = self.reading_error or headers.get("Content-Type", "").startswith("application/json")
-        self.streaming = not self.reading_error
 
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
-        if not self.streaming:
-            if self.reading_error:
-                self._take_error_body(chunk)
+        if self.reading_error:
+            self._take_error_body(chunk)
             return None
         if self.done:
             return None
