@@ -71,6 +71,8 @@ class Settings:
     retry_max_wait: float = 5.0
     fallback_models: tuple[str, ...] = ()
     max_upstream_line_bytes: int = 1024 * 1024
+    max_upstream_event_bytes: int = 1024 * 1024
+    max_upstream_body_bytes: int = 8 * 1024 * 1024
     # observability
     log_format: str = "auto"
     log_color: str = "auto"
@@ -211,6 +213,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RETRY_MAX_WAIT_SECS": ("retry_max_wait", _number(float, "a number of seconds >= 0", 0, 3600)),
     "FALLBACK_MODELS": ("fallback_models", _list),
     "MAX_UPSTREAM_LINE_BYTES": ("max_upstream_line_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
+    "MAX_UPSTREAM_EVENT_BYTES": ("max_upstream_event_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
+    "MAX_UPSTREAM_BODY_BYTES": ("max_upstream_body_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
     "LOG_FORMAT": ("log_format", _choice("auto", "console", "json")),
     "LOG_COLOR": ("log_color", _choice("auto", "always", "never")),
     "LOG_LEVEL": ("log_level", _log_level),
@@ -266,6 +270,9 @@ def _check(settings: Settings) -> Settings:
     for model in settings.fallback_models:
         if "/" not in model:
             raise ConfigError("FALLBACK_MODELS", "a comma list of " + _MODEL_FORM + " ids", model)
+    if settings.max_upstream_event_bytes < settings.max_upstream_line_bytes:
+        expected = f"at least MAX_UPSTREAM_LINE_BYTES ({settings.max_upstream_line_bytes})"
+        raise ConfigError("MAX_UPSTREAM_EVENT_BYTES", expected, str(settings.max_upstream_event_bytes))
     for origin in settings.cors_allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise ConfigError("CORS_ALLOWED_ORIGINS", "* or a comma list of origins such as https://app.example", origin)

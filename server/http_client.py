@@ -229,7 +229,9 @@ class _Exchange:
         if self._framing == "close":
             self._end()  # that is how this body ends
         else:
-            self._fail(ConnectionClosedError("upstream closed the connection") if exc is None else ConnectionClosedError(str(exc)))
+            error = ConnectionClosedError("upstream closed the connection" if exc is None else str(exc))
+            error.__cause__ = exc  # a reset or a TLS error: the caller tells them apart
+            self._fail(error)
 
     # -- head -------------------------------------------------------------------------------------
     def _read_head(self, data: bytes) -> bytes:

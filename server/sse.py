@@ -4,7 +4,8 @@ The parser follows the WHATWG event-stream rules and is correct for any split of
 lines are cut on bytes (LF, CRLF or CR) before decoding, so a UTF-8 sequence split across reads is
 whole again by the time its line is decoded, and a CR at the very end of a read is held back until
 the next byte tells whether it starts a CRLF. A line longer than `max_line_bytes` raises
-`LineTooLongError` instead of buffering without bound.
+`LineTooLongError`, and an event whose `data:` lines add up to more than `max_event_bytes` (many lines and
+no blank line to end them) raises `EventTooLargeError`, instead of buffering without bound.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ class LineTooLongError(ValueError):
     """The upstream sent a line longer than the parser's cap."""
 
 
+class EventTooLargeError(ValueError):
+    """The upstream's `data:` lines for one event add up to more than the parser's cap."""
+
+
 class SSEEvent(NamedTuple):
     """Immutable like a frozen dataclass, but about half the cost to build: one is made per relayed event."""
 
@@ -32,12 +37,14 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """Feed bytes in any split; get back the complete events they finish."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_last_id", "comments", "max_line_bytes")
+    __slots__ = ("_buffer", "_data", "_data_bytes", "_event", "_last_id", "comments", "max_event_bytes", "max_line_bytes")
 
-    def __init__(self, max_line_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = 1024 * 1024, max_event_bytes: int = 1024 * 1024) -> None:
         self.max_line_bytes = max_line_bytes
+        self.max_event_bytes = max_event_bytes
         self._buffer = b""
         self._data: list[str] = []
+        self._data_bytes = 0  # wire bytes of the `data:` lines in `_data`
         self._event = ""
         self._last_id: str | None = None
         self.comments = 0  # comment lines seen so far (keep-alives such as ": OPENROUTER PROCESSING")
@@ -54,10 +61,11 @@ class SSEParser:
         for raw in lines:
             if raw[:6] == b"data: ":
                 data.append(raw[6:].decode("utf-8", "replace"))
+                self._data_bytes += len(raw) + 1
             else:
                 self._line(raw, events)
                 data = self._data  # a blank line starts a new event's list
-        self._check_line_length()
+        self._check_sizes()
         return events
 
     def _feed_any(self, buffer: bytes) -> list[SSEEvent]:
@@ -71,13 +79,20 @@ class SSEParser:
             self._line(buffer[position : match.start()], events)
             position = match.end()
         self._buffer = buffer[position:]
-        self._check_line_length()
+        self._check_sizes()
         return events
 
-    def _check_line_length(self) -> None:
+    def _check_sizes(self) -> None:
+        """After each feed: the unfinished line and the unfinished event, each against its cap."""
         if len(self._buffer) > self.max_line_bytes:
             self._buffer = b""
             raise LineTooLongError(f"upstream line longer than {self.max_line_bytes} bytes")
+        if self._data_bytes > self.max_event_bytes:
+            self._event_too_large()
+
+    def _event_too_large(self) -> None:
+        self._data, self._data_bytes = [], 0
+        raise EventTooLargeError(f"upstream event too large (over {self.max_event_bytes} bytes)")
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a trailing CR ends its line; an event without its blank line is dropped (spec)."""
@@ -89,9 +104,12 @@ class SSEParser:
 
     def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
         if not raw:
+            if self._data_bytes > self.max_event_bytes:  # whatever the split: a whole event over the cap fails too
+                self._event_too_large()
             if self._data:
                 events.append(SSEEvent("\n".join(self._data), self._event or "message", self._last_id))
             self._data = []
+            self._data_bytes = 0
             self._event = ""
             return
         line = raw.decode("utf-8", "replace")
@@ -103,6 +121,7 @@ class SSEParser:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._data_bytes += len(raw) + 1
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:

@@ -5,7 +5,9 @@ and hands each read's batch of events to the consumer; it knows nothing about th
 Retries (connect failure, 429, 5xx, a stream cut short) happen only while the consumer has not
 `commit()`-ed, i.e. before anything reached the client, so text is never duplicated. Every way a call
 can end other than `[DONE]` raises `UpstreamError` with an `error_type` the handlers turn into their
-client's error format.
+client's error format. Nothing the provider sends is held without a cap: one SSE line and one SSE event
+(MAX_UPSTREAM_LINE_BYTES, MAX_UPSTREAM_EVENT_BYTES), a non-streaming answer (MAX_UPSTREAM_BODY_BYTES), an
+error body (64 KiB, then the connection is closed).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 
 from server.config import Settings
-from server.http_client import PooledAsyncHTTPClient, StreamingRequest
-from server.sse import DONE, LineTooLongError, SSEEvent, SSEParser
+from server.http_client import PooledAsyncHTTPClient, RequestAbortedError, StreamingRequest
+from server.sse import DONE, EventTooLargeError, LineTooLongError, SSEEvent, SSEParser
+from server.upstream_failures import failure_message
 
 log = logging.getLogger("gateway.upstream")
 
@@ -32,7 +35,7 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _NO_HEADERS = httputil.HTTPHeaders()  # before a response head arrives; shared, never written to
 _MAX_ERROR_BODY = 64 * 1024
 _STREAM_MAX_MESSAGE = "stream exceeded STREAM_MAX_SECS"
-_AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE]
+_AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE] before its connection is closed
 
 EventsConsumer = Callable[[list[SSEEvent]], Awaitable[None] | None]
 
@@ -105,7 +108,7 @@ class UpstreamCall:
     """A single logical call (possibly several attempts) for one client request."""
 
     __slots__ = (
-        "_connect_timed_out",
+        "_failure",
         "_loop",
         "_request",
         "_stopped",
@@ -142,7 +145,7 @@ class UpstreamCall:
         self.response_headers = _NO_HEADERS
         self._loop = IOLoop.current()
         self._request: HTTPRequest | None = None
-        self._connect_timed_out = False
+        self._failure: Exception | None = None  # why the last fetch failed below HTTP
         self._stopped: UpstreamError | None = None
         self._wake: asyncio.Event | None = None  # made only when a backoff has to wait
         self._stream_deadline = self._loop.time() + settings.stream_max
@@ -234,16 +237,19 @@ class UpstreamCall:
         )
 
     async def _fetch(self, request: HTTPRequest) -> HTTPResponse | None:
-        """The response, or None when the connection failed (refused, reset, aborted)."""
+        """The response, or None when the connection failed (refused, reset, invalid HTTP, aborted)."""
         self._request = request
         response: HTTPResponse | None = None
-        self._connect_timed_out = False
+        self._failure = None
         try:
             response = await self.client.fetch(request, raise_error=False)
-        except TimeoutError:  # the connect timeout
-            self._connect_timed_out = True
-        except Exception:  # other connection-level failures raise even with raise_error=False
-            pass
+        except RequestAbortedError:
+            pass  # ours: a cancel, a cap, or a body kept open after [DONE]
+        except Exception as exc:  # the connect timeout and other connection-level failures raise even with raise_error=False
+            self._failure = exc
+            if not isinstance(exc, TimeoutError):
+                message = failure_message(exc, self.status is not None)
+                log.warning("upstream request failed: %s (%s: %s)", message, type(exc).__name__, exc, extra={"attempt": self.attempts})
         finally:
             self._request = None
         if self.on_attempt is not None:
@@ -251,43 +257,25 @@ class UpstreamCall:
         self._raise_if_stopped()
         return response
 
+    def close_connection(self) -> None:
+        """Stop reading the current attempt's answer without failing the call: its socket closes, unpooled."""
+        if self._request is not None:
+            self.client.abort(self._request)
+
     def _connection_error(self) -> UpstreamError:
-        if self._connect_timed_out:
+        if isinstance(self._failure, TimeoutError):
             return UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
-        if self.status is None:
-            return UpstreamError("upstream_error", "could not connect to the upstream", retryable=True)
-        return UpstreamError("upstream_error", "upstream connection closed before the stream finished", self.status, retryable=True)
+        return UpstreamError("upstream_error", failure_message(self._failure, self.status is not None), self.status, retryable=True)
 
     async def _complete_attempt(self, model: str) -> dict[str, Any]:
-        self.status = None
-        first_byte = self.timeout_at(self._loop.time() + self.settings.first_token_timeout, "no answer within FIRST_TOKEN_TIMEOUT_SECS")
-        try:
-            response = await self._fetch(self._request_for(model))
-        finally:
-            self._loop.remove_timeout(first_byte)
-        if response is None:
-            raise self._connection_error()
-        self.status = response.code
-        self.response_headers = response.headers
-        if not 200 <= response.code < 300:
-            raise error_from_response(response.code, response.body, response.headers)
-        try:
-            parsed = json.loads(response.body)
-        except ValueError:
-            raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
-        if not isinstance(parsed, dict) or "error" in parsed:
-            raise error_from_response(502, response.body, response.headers)
-        return parsed
+        attempt = _CompleteAttempt(self)
+        request = self._request_for(model, streaming_callback=attempt.on_chunk, on_headers=attempt.on_headers)
+        return attempt.answer(await attempt.run(request))
 
     async def _stream_attempt(self, model: str, consumer: EventsConsumer) -> None:
         attempt = _StreamAttempt(self, consumer)
         request = self._request_for(model, streaming_callback=attempt.on_chunk, on_headers=attempt.on_headers)
-        attempt.arm_first_token()
-        try:
-            response = await self._fetch(request)
-        finally:
-            attempt.disarm()
-        await attempt.finish(response)
+        await attempt.finish(await attempt.run(request))
 
     def timeout_at(self, due: float, message: str) -> object:
         """A timeout at `due` (loop time), or at the STREAM_MAX_SECS deadline when that comes first."""
@@ -300,47 +288,39 @@ class UpstreamCall:
         self.cancel("upstream_timeout", message)
 
 
-class _StreamAttempt:
-    """State of one streaming attempt: status line, parser, progress timers, error body."""
+class _Attempt:
+    """One HTTP attempt: the response head, the progress timers, and an error body read only up to its cap."""
 
-    __slots__ = (
-        "call",
-        "consumer",
-        "done",
-        "error_body",
-        "failure",
-        "last_progress",
-        "loop",
-        "parser",
-        "sent_at",
-        "settings",
-        "streaming",
-        "timer",
-    )
+    __slots__ = ("call", "error_body", "error_cut", "failure", "last_progress", "loop", "reading_error", "sent_at", "settings", "timer")
 
-    def __init__(self, call: UpstreamCall, consumer: EventsConsumer) -> None:
+    first_token_message = "no first token within FIRST_TOKEN_TIMEOUT_SECS"
+
+    def __init__(self, call: UpstreamCall) -> None:
         self.call = call
-        self.consumer = consumer
         self.settings = call.settings
         self.loop = call._loop
-        self.parser = SSEParser(call.settings.max_upstream_line_bytes)
         self.error_body = bytearray()
-        self.sent_at = 0.0
-        self.streaming = False
-        self.done = False
+        self.error_cut = False  # we stopped reading a long error body
+        self.reading_error = False  # the answer is an error: its body is kept only for the message
         self.failure: UpstreamError | None = None
+        self.sent_at = 0.0
         self.last_progress = 0.0
         self.timer: object | None = None
         call.status = None
         call.response_headers = _NO_HEADERS
 
+    async def run(self, request: HTTPRequest) -> HTTPResponse | None:
+        self.arm_first_token()
+        try:
+            return await self.call._fetch(request)
+        finally:
+            self.disarm()
+
     # timers: one handle at a time (first token, then idleness, each cut short by STREAM_MAX_SECS);
-    # idle re-arms lazily instead of on every event
+    # idle re-arms lazily instead of on every read
     def arm_first_token(self) -> None:
         self.sent_at = self.loop.time()
-        self.timer = self.call.timeout_at(
-            self.sent_at + self.settings.first_token_timeout, "no first token within FIRST_TOKEN_TIMEOUT_SECS"
-        )
+        self.timer = self.call.timeout_at(self.sent_at + self.settings.first_token_timeout, self.first_token_message)
 
     def _arm_idle(self) -> None:
         due = min(self.last_progress + self.settings.upstream_idle_timeout, self.call._stream_deadline)
@@ -371,21 +351,109 @@ class _StreamAttempt:
     def on_headers(self, status: int, headers: httputil.HTTPHeaders) -> None:
         """The response head: decide how to read the body."""
         self.call.status, self.call.response_headers = status, headers
-        content_type = headers.get("Content-Type", "")
-        self.streaming = 200 <= status < 300 and not content_type.startswith("application/json")
+        self.reading_error = not 200 <= status < 300
         ttfb = (self.loop.time() - self.sent_at) * 1000
         log.info("upstream connected: HTTP %d after %.1f ms", status, ttfb, extra={"upstream_status": status, "ttfb_ms": round(ttfb, 2)})
 
+    def _take_error_body(self, chunk: bytes) -> None:
+        """Keep the first 64 KiB of an error body for its message, then close the connection: no more is read."""
+        room = _MAX_ERROR_BODY - len(self.error_body)
+        self.error_body += chunk[:room]
+        if len(chunk) >= room and not self.error_cut:
+            self.error_cut = True
+            self.call.close_connection()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.failure is None:
+            self.failure = error
+        self.call.cancel(error.error_type, error.message)
+
+    def _raise_unless_answered(self, response: HTTPResponse | None) -> None:
+        """Raise what the upstream's answer, if any, says went wrong: our own failure, its error, the connection's."""
+        if self.failure is not None:
+            raise self.failure
+        if self.reading_error and (self.error_cut or response is not None):
+            status = self.call.status
+            if status is None or 200 <= status < 300:  # a 2xx JSON body where a stream was expected
+                status = 502
+            raise error_from_response(status, bytes(self.error_body), self.call.response_headers)
+        if response is None:
+            raise self.call._connection_error()
+
+
+class _CompleteAttempt(_Attempt):
+    """A non-streaming attempt: the answer read as it arrives, up to MAX_UPSTREAM_BODY_BYTES, timed like a stream
+    (first byte, then idle gaps, then STREAM_MAX_SECS) instead of one deadline for the whole answer."""
+
+    __slots__ = ("body",)
+
+    first_token_message = "no answer within FIRST_TOKEN_TIMEOUT_SECS"
+
+    def __init__(self, call: UpstreamCall) -> None:
+        super().__init__(call)
+        self.body = bytearray()
+
+    def on_chunk(self, chunk: bytes) -> None:
+        if self.reading_error:
+            self._take_error_body(chunk)
+            return
+        cap = self.settings.max_upstream_body_bytes
+        if len(self.body) + len(chunk) > cap:
+            self._fail(UpstreamError("upstream_error", f"upstream answer larger than MAX_UPSTREAM_BODY_BYTES ({cap} bytes)"))
+            return
+        self.body += chunk
+        if not chunk.isspace():  # whitespace a provider sends while it thinks is a keep-alive, not progress
+            self._progress()
+
+    def answer(self, response: HTTPResponse | None) -> dict[str, Any]:
+        self._raise_unless_answered(response)
+        assert response is not None
+        body = bytes(self.body)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
+        if not isinstance(parsed, dict) or "error" in parsed:
+            raise error_from_response(502, body, response.headers)
+        return parsed
+
+
+class _StreamAttempt(_Attempt):
+    """A streaming attempt: the SSE parser, `[DONE]`, and back-pressure from the consumer."""
+
+    __slots__ = ("consumer", "done", "parser", "relayed")
+
+    def __init__(self, call: UpstreamCall, consumer: EventsConsumer) -> None:
+        super().__init__(call)
+        self.consumer = consumer
+        self.parser = SSEParser(call.settings.max_upstream_line_bytes, call.settings.max_upstream_event_bytes)
+        self.done = False
+        self.relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def run(self, request: HTTPRequest) -> HTTPResponse | None:
+        """Until the body ends, or until what came before `[DONE]` is relayed: a provider that keeps its body
+        open after `[DONE]` must not hold back our `done`. Its connection is then closed after a grace period
+        unless the body ends in it (only then may the connection go back to the pool)."""
+        fetch = asyncio.ensure_future(super().run(request))
+        await asyncio.wait((fetch, self.relayed), return_when=asyncio.FIRST_COMPLETED)
+        if not self.relayed.done():
+            return fetch.result()
+        fetch.add_done_callback(_outcome_retrieved)
+        return None
+
+    def on_headers(self, status: int, headers: httputil.HTTPHeaders) -> None:
+        super().on_headers(status, headers)
+        self.reading_error = self.reading_error or headers.get("Content-Type", "").startswith("application/json")
+
     def on_chunk(self, chunk: bytes) -> Awaitable[None] | None:
-        if not self.streaming:
-            if len(self.error_body) < _MAX_ERROR_BODY:
-                self.error_body += chunk[: _MAX_ERROR_BODY - len(self.error_body)]
+        if self.reading_error:
+            self._take_error_body(chunk)
             return None
         if self.done:
             return None
         try:
             events = self.parser.feed(chunk)
-        except LineTooLongError as exc:
+        except (LineTooLongError, EventTooLargeError) as exc:
             self._fail(UpstreamError("upstream_error", str(exc)))
             return None
         if not events:
@@ -398,10 +466,11 @@ class _StreamAttempt:
             if event.data == DONE:
                 self.done = True
                 events = events[:index]
-                # a provider that keeps the body open after [DONE] must not delay our `done`
-                self.loop.call_later(_AFTER_DONE_GRACE, self._close_after_done)
+                self.disarm()
+                self.loop.call_later(_AFTER_DONE_GRACE, self.call.close_connection)
                 break
         if not events:
+            self._done_relayed()
             return None
         try:
             result = self.consumer(events)
@@ -412,7 +481,10 @@ class _StreamAttempt:
             log.exception("relaying upstream events failed")
             self._fail(UpstreamError("internal_error", "internal error while relaying the stream"))
             return None
-        return None if result is None else self._await_consumer(result)
+        if result is None:
+            self._done_relayed()
+            return None
+        return self._await_consumer(result)
 
     async def _await_consumer(self, result: Awaitable[None]) -> None:
         try:
@@ -420,26 +492,18 @@ class _StreamAttempt:
         except UpstreamError as exc:  # the consumer's way to end the call (e.g. its client went away)
             self._fail(exc)
         self.last_progress = self.loop.time()  # time spent waiting on the client is not upstream idleness
+        self._done_relayed()
 
-    def _close_after_done(self) -> None:
-        if self.call._request is not None:
-            self.call.client.abort(self.call._request)
-
-    def _fail(self, error: UpstreamError) -> None:
-        if self.failure is None:
-            self.failure = error
-        self.call.cancel(error.error_type, error.message)
+    def _done_relayed(self) -> None:
+        if self.done and self.failure is None and not self.relayed.done():
+            self.relayed.set_result(None)
 
     async def finish(self, response: HTTPResponse | None) -> None:
         if self.failure is not None:
             raise self.failure
         if self.done:
             return
-        if response is None:
-            raise self.call._connection_error()
-        if not self.streaming:
-            status = response.code if not 200 <= response.code < 300 else 502
-            raise error_from_response(status, bytes(self.error_body), response.headers)
+        self._raise_unless_answered(response)
         tail = self.parser.close()
         if tail:
             pending = self._deliver(tail)
@@ -447,3 +511,9 @@ class _StreamAttempt:
                 await pending
         if not self.done:
             raise UpstreamError("upstream_error", "upstream stream ended before [DONE]", self.call.status, retryable=True)
+
+
+def _outcome_retrieved(fetch: asyncio.Future[Any]) -> None:
+    """A fetch left to finish in the background after `[DONE]`: its outcome no longer matters."""
+    if not fetch.cancelled():
+        fetch.exception()

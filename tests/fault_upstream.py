@@ -3,13 +3,17 @@
 Each request takes the next `Scenario` from `FaultUpstream.scenarios` (the last one repeats), so a test
 can script "503, 503, then a good stream" for retries. It records every request it received and
 whether (and when) the gateway closed each connection, so tests can assert cancellation.
+`raw_upstream` is for what Tornado would refuse to send: broken HTTP, resets, TLS a client cannot trust.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +41,12 @@ class Scenario:
     usage: dict[str, int] | None = field(default_factory=lambda: {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
     finish_reason: str = "stop"
     send_done: bool = True
-    endless_line_bytes: int = 0  # send one line of this many bytes without a newline
+    hang_after_done: bool = False  # keep the body open after `data: [DONE]`
+    endless_bytes: int = 0  # instead of any answer (any status, any mode): endless_head, blocks (`delay` apart) up to this many bytes, hang
+    endless_head: bytes = b"data: "
+    endless_block: bytes = b"x" * 65536  # the default makes one line without a newline
     json_body: Any = None  # non-streaming answer body (stream: false)
+    json_piece_bytes: int = 0  # send that body in pieces of this many bytes, `delay` apart (`hang_after` pieces)
 
 
 def chunk_json(content: str | None, finish_reason: str | None = None, **extra: Any) -> str:
@@ -54,6 +62,7 @@ class FaultUpstream:
         self.scenarios: list[Scenario] = [Scenario()]
         self.requests: list[dict[str, Any]] = []
         self.closed: list[float] = []  # monotonic times at which the gateway closed a connection mid-answer
+        self.endless_sent = 0  # bytes of endless bodies written so far
         self.server: HTTPServer | None = None
         self.port = 0
 
@@ -106,9 +115,14 @@ class _Handler(web.RequestHandler):
             await asyncio.sleep(scenario.headers_delay)
         for name, value in scenario.headers.items():
             self.set_header(name, value)
+        streaming = scenario.status == 200 and body.get("stream")
+        self.set_status(scenario.status)
+        self.set_header("Content-Type", "text/event-stream" if streaming else "application/json")
+        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+        if scenario.endless_bytes:
+            await self._endless(scenario)
+            return
         if scenario.status != 200:
-            self.set_status(scenario.status)
-            self.set_header("Content-Type", "application/json")
             error = (
                 scenario.error_body
                 if scenario.error_body is not None
@@ -116,14 +130,8 @@ class _Handler(web.RequestHandler):
             )
             self.finish(json.dumps(error))
             return
-        if not body.get("stream"):
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(scenario.json_body))
-            return
-        self.set_header("Content-Type", "text/event-stream")
-        self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
         try:
-            await self._stream(scenario)
+            await (self._stream(scenario) if streaming else self._json(scenario))
         except StreamClosedError:
             self.on_connection_close()
 
@@ -142,22 +150,40 @@ class _Handler(web.RequestHandler):
         while not self.gone:
             await asyncio.sleep(0.01)
 
+    async def _endless(self, scenario: Scenario) -> None:
+        self.write(scenario.endless_head)
+        sent = 0
+        try:
+            while sent < scenario.endless_bytes and not self.gone:
+                if scenario.delay:
+                    await asyncio.sleep(scenario.delay)
+                self.write(scenario.endless_block)
+                await self.flush()
+                sent += len(scenario.endless_block)
+                self.upstream.endless_sent += len(scenario.endless_block)
+        except StreamClosedError:
+            self.on_connection_close()
+        await self._hang()
+
+    async def _json(self, scenario: Scenario) -> None:
+        text = json.dumps(scenario.json_body).encode("utf-8")
+        size = scenario.json_piece_bytes or len(text)
+        for index, start in enumerate(range(0, len(text), size)):
+            if scenario.hang_after is not None and index == scenario.hang_after:
+                await self._hang()
+                return
+            if scenario.delay:
+                await asyncio.sleep(scenario.delay)
+            self.write(text[start : start + size])
+            await self.flush()
+        self.finish()
+
     async def _stream(self, scenario: Scenario) -> None:
         await self._send(": OPENROUTER PROCESSING\n\n", scenario)
         if scenario.comments_forever is not None:
             while not self.gone:
                 await asyncio.sleep(scenario.comments_forever)
                 await self._send(": OPENROUTER PROCESSING\n\n", scenario)
-            return
-        if scenario.endless_line_bytes:
-            block = b"x" * 65536
-            self.write(b"data: ")
-            sent = 0
-            while sent < scenario.endless_line_bytes and not self.gone:
-                self.write(block)
-                await self.flush()
-                sent += len(block)
-            await self._hang()
             return
         lines = scenario.raw_lines if scenario.raw_lines is not None else [chunk_json(piece) for piece in scenario.pieces]
         for index, line in enumerate(lines):
@@ -176,4 +202,30 @@ class _Handler(web.RequestHandler):
                 await self._send(f"data: {json.dumps({'id': 'gen-test', 'choices': [], 'usage': scenario.usage})}\n\n", scenario)
         if scenario.send_done:
             await self._send("data: [DONE]\n\n", scenario)
+        if scenario.hang_after_done:
+            await self._hang()
+            return
         self.finish()
+
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_upstream(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
+    """A hand-written upstream on a free loopback port: `answer` speaks for each connection. Yields its base URL
+    and the connections it accepted so far."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
+    finally:
+        server.close()

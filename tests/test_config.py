@@ -19,6 +19,7 @@ def test_defaults() -> None:
     assert (s.rate_limit, s.rate_limit_burst, s.max_prompt_length) == (10.0, 10.0, 4000)
     assert (s.read_timeout, s.write_timeout, s.idle_timeout, s.shutdown_timeout) == (15, 15, 60, 30)
     assert (s.first_token_timeout, s.upstream_idle_timeout, s.stream_max, s.heartbeat) == (120, 60, 600, 15)
+    assert (s.max_upstream_line_bytes, s.max_upstream_event_bytes, s.max_upstream_body_bytes) == (1 << 20, 1 << 20, 8 << 20)
     assert "sk-x" not in repr(s)
 
 
@@ -45,6 +46,8 @@ def test_seed_port_form_and_fractional_rate() -> None:
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
         ("CORS_ALLOWED_ORIGINS", "example.com"),
         ("FALLBACK_MODELS", "bad"),
+        ("MAX_UPSTREAM_EVENT_BYTES", "2048"),  # below MAX_UPSTREAM_LINE_BYTES (default 1 MiB)
+        ("MAX_UPSTREAM_BODY_BYTES", "10"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -52,6 +55,11 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         settings(**{variable: value})
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable} must be")
+
+
+def test_event_cap_may_equal_the_line_cap() -> None:
+    s = settings(MAX_UPSTREAM_LINE_BYTES="4096", MAX_UPSTREAM_EVENT_BYTES="4096")
+    assert (s.max_upstream_line_bytes, s.max_upstream_event_bytes) == (4096, 4096)
 
 
 def test_key_required_unless_demo() -> None:

@@ -4,7 +4,7 @@ framing, keep-alive and back-pressure over real sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPRequest
 
 from server.http_client import ChunkedDecoder, PooledAsyncHTTPClient, ProtocolError
+from tests.fault_upstream import Answer, raw_upstream
 
 
 def encode(pieces: list[bytes], trailer: bytes = b"") -> bytes:
@@ -53,29 +54,17 @@ def test_malformed_framing_is_a_protocol_error(wire: bytes) -> None:
 
 # -- the client over real sockets, against hand-written upstreams ---------------------------------------
 
-Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
 
 @asynccontextmanager
 async def serving(answer: Answer) -> AsyncIterator[tuple[str, list[int], PooledAsyncHTTPClient]]:
-    """A raw upstream on a free loopback port and a pooled client; yields its base URL, the connections it
-    accepted so far, and the client (closed afterwards)."""
-    connections: list[int] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+    """A raw upstream and a pooled client; yields its base URL, the connections it accepted so far, and the
+    client (closed afterwards)."""
+    async with raw_upstream(answer) as (url, connections):
+        client = PooledAsyncHTTPClient(force_instance=True)
         try:
-            await answer(reader, writer)
+            yield url, connections, client
         finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    client = PooledAsyncHTTPClient(force_instance=True)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections, client
-    finally:
-        client.close()
-        server.close()
+            client.close()
 
 
 async def test_interim_response_then_content_length_body() -> None:

@@ -160,7 +160,7 @@ async def test_cut_before_any_content_is_retried(start_gateway, upstream: FaultU
 
 async def test_oversized_upstream_line_fails_cleanly(start_gateway, upstream: FaultUpstream) -> None:
     gateway = start_gateway(MAX_UPSTREAM_LINE_BYTES="100000", UPSTREAM_RETRIES="0")
-    upstream.scenarios = [Scenario(endless_line_bytes=50 * 1024 * 1024)]
+    upstream.scenarios = [Scenario(endless_bytes=50 * 1024 * 1024)]
     response = await chat(gateway.port, {"prompt": "x"})
     assert types(response) == ["connected", "error"]
     assert "longer than 100000 bytes" in response.events[-1]["content"]

@@ -78,7 +78,7 @@ async def test_every_upstream_fault_in_a_loop(start_gateway, upstream: FaultUpst
         Scenario(hang_after=1),
         Scenario(cut_after=1),
         Scenario(raw_lines=["{broken", chunk_json("ok")], send_done=False),
-        Scenario(endless_line_bytes=2 * 1024 * 1024),
+        Scenario(endless_bytes=2 * 1024 * 1024),
         Scenario(comments_forever=0.05),
     ]
     for _ in range(3):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.sse import LineTooLongError, SSEEvent, SSEParser, encode_comment, encode_data
+from server.sse import EventTooLargeError, LineTooLongError, SSEEvent, SSEParser, encode_comment, encode_data
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40)
 
@@ -69,6 +69,25 @@ def test_line_cap() -> None:
     parser.feed(b"data: " + b"x" * 1000)
     with pytest.raises(LineTooLongError):
         parser.feed(b"x" * 100)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_event_cap_counts_all_data_lines_of_one_event(newline: bytes) -> None:
+    """Many short lines and no blank line: each line is under the line cap, the event is not."""
+    parser = SSEParser(max_line_bytes=1024, max_event_bytes=4096)
+    line = b"data: " + b"x" * 94 + newline  # 101 bytes counted a line (its LF or CRLF as one)
+    assert parser.feed(line * 40) == []  # 4040 bytes: still under
+    with pytest.raises(EventTooLargeError, match="upstream event too large"):
+        parser.feed(line)
+
+
+def test_event_cap_holds_whatever_the_split() -> None:
+    """An event over the cap fails even when it arrives whole, blank line included, in one read."""
+    event = b"data: " + b"y" * 1000 + b"\n"
+    with pytest.raises(EventTooLargeError):
+        SSEParser(max_line_bytes=1024, max_event_bytes=4096).feed(event * 5 + b"\n")
+    parser = SSEParser(max_line_bytes=1024, max_event_bytes=4096)
+    assert [len(e.data) for e in parser.feed(event * 4 + b"\n" + event * 4 + b"\n")] == [4003, 4003]
 
 
 def test_encoders() -> None:
