@@ -30,6 +30,9 @@ class PageHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.render(PAGE, keys_required=self.gateway.client_keys.enabled)
 
+    def head(self) -> None:
+        self.get()  # the same headers as GET (Cache-Control included); Tornado drops the body for HEAD
+
 
 class StaticHandler(BaseHandler, StaticFileHandler):
     """Tornado's static files (ETag, Last-Modified, long max-age with `?v=`) with the edge's headers and errors."""

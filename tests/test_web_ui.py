@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from middleware.security_headers import API_CSP, PAGE_CSP
 from server.demo_upstream import FILLER
-from tests.conftest import ROOT, RunningGateway, request
+from tests.conftest import ROOT, RunningGateway, head_and_get, request, same_headers
 from tests.services import GatewayProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -63,6 +63,16 @@ async def test_page_has_the_page_csp_and_every_edge_header(gateway: RunningGatew
     assert b'id="key"' not in response.body  # no key field when client keys are off
     health = await request(gateway.port, "GET", "/health")
     assert health.header("Content-Security-Policy") == API_CSP  # API routes keep default-src 'none'
+
+
+async def test_head_of_the_page_and_a_static_file_has_the_get_headers(gateway: RunningGateway) -> None:
+    for path in ("/", "/static/app.css"):
+        head, get = await head_and_get(gateway.port, path)
+        assert head.status == 200, path
+        same_headers(head, get)
+    assert head.header("Cache-Control") is None  # unversioned static file: the ETag revalidates it
+    page, _ = await head_and_get(gateway.port, "/")
+    assert page.header("Cache-Control") == "no-cache"
 
 
 async def test_static_files_are_cached_and_carry_the_edge(gateway: RunningGateway) -> None:
