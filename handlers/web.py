@@ -42,7 +42,8 @@ class StaticHandler(BaseHandler, StaticFileHandler):
     csp = PAGE_CSP
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
-        if Path(absolute_path).name == PAGE:  # the page template is served rendered at `/` only
+        # the page template is served rendered at `/` only; no file name holds a NUL (os.stat would raise)
+        if Path(absolute_path).name == PAGE or "\x00" in absolute_path:
             raise HTTPError(404)
         return super().validate_absolute_path(root, absolute_path)
 

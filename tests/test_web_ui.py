@@ -6,6 +6,7 @@ console error, uncaught exception or CSP violation. Debian's chromium is used (n
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,17 @@ async def test_missing_static_files_and_the_raw_template_get_the_json_404(gatewa
     outside = await request(gateway.port, "GET", "/static/%2e%2e/config.py")
     assert outside.status == 403
     assert outside.header("Content-Type") == "application/json"
+
+
+async def test_a_nul_byte_in_a_static_path_is_a_json_404_not_a_traceback(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        for path in ("/static/app.js%00", "/static/%00", "/static/app%00.css"):
+            response = await request(gateway.port, "GET", path)
+            assert response.status == 404, path
+            assert response.json()["error_type"] == "not_found"
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info] == []
 
 
 async def test_page_and_static_files_are_not_rate_limited(start_gateway: Any) -> None:
