@@ -55,6 +55,10 @@ class Metrics:
         self.rate_limit_store_errors = Counter(
             "rate_limit_store_errors", "Rate-limit decisions made without Redis (store unreachable)", registry=r
         )
+        self.accept_errors = Counter(
+            "accept_errors", "accept() failures for lack of descriptors or memory (each pauses accepting briefly)", registry=r
+        )
+        self.connections_rejected = Counter("connections_rejected", "Connections closed at accept: MAX_CONNECTIONS reached", registry=r)
         self.loop_lag = Histogram("event_loop_lag_seconds", "How late a periodic timer fires", buckets=_LAG_BUCKETS, registry=r)
 
     def request_finished(self, route: str, method: str, status: int, seconds: float) -> None:

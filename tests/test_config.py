@@ -19,6 +19,7 @@ def test_defaults() -> None:
     assert (s.rate_limit, s.rate_limit_burst, s.max_prompt_length) == (10.0, 10.0, 4000)
     assert (s.read_timeout, s.write_timeout, s.idle_timeout, s.shutdown_timeout) == (15, 15, 60, 30)
     assert (s.first_token_timeout, s.upstream_idle_timeout, s.stream_max, s.heartbeat) == (120, 60, 600, 15)
+    assert (s.header_timeout, s.max_connections) == (10, None)  # None: derived from the NOFILE limit at start
     assert "sk-x" not in repr(s)
 
 
@@ -45,6 +46,8 @@ def test_seed_port_form_and_fractional_rate() -> None:
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
         ("CORS_ALLOWED_ORIGINS", "example.com"),
         ("FALLBACK_MODELS", "bad"),
+        ("MAX_CONNECTIONS", "0"),
+        ("HEADER_TIMEOUT_SECS", "0"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
