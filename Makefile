@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server nginx chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run test lint bench screenshot clean system-deps
 
 $(BIN)/activate: setup.py requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(BIN)/activate
 
 bench: $(BIN)/activate
 	$(BIN)/python -m bench
+
+# Refreshes docs/screenshot.png (the browser test that streams an answer); `make test` writes only temporary files.
+screenshot: $(BIN)/activate system-deps
+	SCREENSHOT_PATH=$(CURDIR)/docs/screenshot.png $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_web_ui.py \
+	  -k test_answer_streams_in_over_many_frames_with_request_id_and_ttft
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov

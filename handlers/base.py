@@ -17,7 +17,6 @@ class NotFoundHandler(BaseHandler):
     Rate limited like every route but /health, /metrics and preflights: a scanner's 404s count too.
     """
 
-    async def prepare(self) -> None:
-        await super().prepare()
-        if self.request.method != "OPTIONS":
-            raise HTTPError(404)
+    def refuse_method(self) -> None:
+        """Every method but OPTIONS lands here (the edge, rate limit included, ran first): no such path."""
+        raise HTTPError(404)

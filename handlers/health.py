@@ -1,4 +1,7 @@
-"""`GET /health`: 200 `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun."""
+"""`GET /health`: 200 `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun.
+
+`HEAD /health` answers the same status and headers without the body: load balancers probe with HEAD.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +28,6 @@ class HealthHandler(BaseHandler):
                 "pid": os.getpid(),  # which worker answered, when WORKERS > 1
             }
         )
+
+    def head(self) -> None:
+        self.get()  # Tornado sends the headers (Content-Length included) and drops the body for HEAD

@@ -30,6 +30,9 @@ class PageHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.render(PAGE, keys_required=self.gateway.client_keys.enabled)
 
+    def head(self) -> None:
+        self.get()  # the same headers as GET (Cache-Control included); Tornado drops the body for HEAD
+
 
 class StaticHandler(BaseHandler, StaticFileHandler):
     """Tornado's static files (ETag, Last-Modified, long max-age with `?v=`) with the edge's headers and errors."""
@@ -39,7 +42,8 @@ class StaticHandler(BaseHandler, StaticFileHandler):
     csp = PAGE_CSP
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
-        if Path(absolute_path).name == PAGE:  # the page template is served rendered at `/` only
+        # the page template is served rendered at `/` only; no file name holds a NUL (os.stat would raise)
+        if Path(absolute_path).name == PAGE or "\x00" in absolute_path:
             raise HTTPError(404)
         return super().validate_absolute_path(root, absolute_path)
 

@@ -1,8 +1,10 @@
 """`EdgeMixin`: the base every handler inherits, so no route (404, 405 and errors included) skips the edge.
 
 In order, for each request: request id and security/CORS headers (`set_default_headers`, re-applied on
-every error), preflight, client key (401), rate limit (429), Content-Type (415) and body size (413) —
-all before the body is read and before any upstream call. Errors render in one shape per route family.
+every error), preflight, client key (401), rate limit (429), method (405), Content-Type (415) and body
+size (413) — all before the body is read and before any upstream call. Errors render in one shape per
+route family. Any method reaches the edge, made-up ones included: Tornado would refuse them before
+`prepare()`, so without the rate limit and with the raw method as a metrics label.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from functools import cached_property
 from typing import Any
 
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler
 
 from middleware.client_ip import client_ip
 from middleware.errors import ApiError, body_too_large, openai_error_body, seed_error_body
@@ -25,9 +27,18 @@ from server.state import Gateway
 access_log = logging.getLogger("gateway.access")
 
 _JSON_TYPES = ("application/json",)
+_HANDLER_METHODS = ("GET", "HEAD", "POST", "OPTIONS")  # the methods any handler here implements
+
+
+class _EveryMethod(tuple[str, ...]):
+    """A SUPPORTED_METHODS that holds every method, so `prepare()` (the edge) decides the 405, not Tornado."""
+
+    def __contains__(self, method: object) -> bool:
+        return True
 
 
 class EdgeMixin(RequestHandler):
+    SUPPORTED_METHODS = _EveryMethod()
     csp = API_CSP
     error_style = "seed"  # "openai" on /v1 routes: the shape those SDKs parse
     protected = False  # needs a client key when CLIENT_API_KEYS is set
@@ -84,6 +95,7 @@ class EdgeMixin(RequestHandler):
         )
         if self.request.method == "OPTIONS":
             return
+        served = self.request.method in self.allowed_methods()
         gateway = self.gateway
         if self.protected and gateway.client_keys.enabled:
             self.key_id = gateway.client_keys.identify(self.request.headers.get("Authorization"))
@@ -95,7 +107,7 @@ class EdgeMixin(RequestHandler):
                     "missing or invalid client key: send Authorization: Bearer <key>",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-        if self.rate_limited:
+        if self.rate_limited or not served:  # a route exempt from the limit is exempt only for what it serves
             settings = gateway.settings
             decision = await gateway.limiter.take(self.client_id, settings.rate_limit, settings.rate_limit_burst)
             self._limit_headers = decision.headers()
@@ -104,8 +116,14 @@ class EdgeMixin(RequestHandler):
             if not decision.allowed:
                 gateway.metrics.rate_limited("rate")
                 raise ApiError(429, "rate_limited", f"rate limit of {settings.rate_limit:g} requests/second exceeded; retry later")
+        if not served:
+            self.refuse_method()
         if self.request.method == "POST":
             self._check_body_headers()
+
+    def refuse_method(self) -> None:
+        """A method this route does not serve: 405 (with `Allow`, from `write_error`)."""
+        raise HTTPError(405)
 
     def _check_body_headers(self) -> None:
         content_type = self.request.headers.get("Content-Type", "")
@@ -157,7 +175,7 @@ class EdgeMixin(RequestHandler):
         self.finish(json.dumps(body, ensure_ascii=False))
 
     def allowed_methods(self) -> list[str]:
-        return [m for m in ("GET", "POST", "OPTIONS") if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+        return [m for m in _HANDLER_METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def on_finish(self) -> None:
         duration = time.monotonic() - getattr(self, "started_at", time.monotonic())

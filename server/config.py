@@ -60,6 +60,8 @@ class Settings:
     read_timeout: float = 15.0
     write_timeout: float = 15.0
     idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_connections: int | None = None  # None: derived from the NOFILE limit (server/listener.py)
     shutdown_timeout: float = 30.0
     # upstream resilience (seconds)
     upstream_connect_timeout: float = 10.0
@@ -203,6 +205,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "READ_TIMEOUT_SECS": ("read_timeout", _seconds),
     "WRITE_TIMEOUT_SECS": ("write_timeout", _seconds),
     "IDLE_TIMEOUT_SECS": ("idle_timeout", _seconds),
+    "HEADER_TIMEOUT_SECS": ("header_timeout", _seconds),
+    "MAX_CONNECTIONS": ("max_connections", _count),
     "SHUTDOWN_TIMEOUT_SECS": ("shutdown_timeout", _number(float, "a number of seconds >= 0", 0, 1e7)),
     "UPSTREAM_CONNECT_TIMEOUT_SECS": ("upstream_connect_timeout", _seconds),
     "FIRST_TOKEN_TIMEOUT_SECS": ("first_token_timeout", _seconds),

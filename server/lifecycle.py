@@ -19,13 +19,13 @@ from dataclasses import replace
 from typing import Any
 
 import uvloop
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 
 from server.app import make_app
 from server.config import Settings
 from server.demo_upstream import DemoOptions, start_demo_upstream
+from server.listener import GatewayServer, default_max_connections
 from server.metrics import Metrics
 from server.state import Gateway
 
@@ -54,12 +54,17 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def make_server(settings: Settings, gateway: Gateway) -> HTTPServer:
-    """READ_TIMEOUT_SECS bounds reading a request body, IDLE_TIMEOUT_SECS a keep-alive connection waiting
-    for its next request's headers. WRITE_TIMEOUT_SECS is enforced per flush by the streaming handlers:
-    Tornado has no whole-response write deadline, and one must never cut a healthy long stream."""
-    return HTTPServer(
+def make_server(settings: Settings, gateway: Gateway) -> GatewayServer:
+    """HEADER_TIMEOUT_SECS bounds a new connection's wait for its first request head, READ_TIMEOUT_SECS
+    reading a request body, IDLE_TIMEOUT_SECS a keep-alive connection waiting for its next request's
+    headers. WRITE_TIMEOUT_SECS is enforced per flush by the streaming handlers: Tornado has no
+    whole-response write deadline, and one must never cut a healthy long stream."""
+    return GatewayServer(
         make_app(settings, gateway),
+        max_connections=settings.max_connections or default_max_connections(),
+        header_timeout=settings.header_timeout,
+        accept_errors=gateway.metrics.accept_errors,
+        rejected=gateway.metrics.connections_rejected,
         idle_connection_timeout=settings.idle_timeout,
         body_timeout=settings.read_timeout,
         max_body_size=settings.max_body_bytes + 65536,
@@ -88,7 +93,7 @@ class LoopLagMonitor:
         self.timer.stop()
 
 
-async def drain(server: HTTPServer, gateway: Gateway) -> None:
+async def drain(server: GatewayServer, gateway: Gateway) -> None:
     gateway.draining = True
     server.stop()
     timeout = gateway.settings.shutdown_timeout
@@ -125,7 +130,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None, 
     sockets = sockets or bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info("listening on http://%s:%d (model %s)", settings.host, port, settings.model)
+    log.info("listening on http://%s:%d (model %s, at most %d connections)", settings.host, port, settings.model, server.max_connections)
     monitor = LoopLagMonitor(gateway.metrics)
     monitor.start()
     stop = asyncio.Event()

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus_client), one registry per application.
 
-Labels are bounded: the route template, the method, the status, an outcome or reason from a fixed set;
-never a raw path, key or IP. Hot-path updates happen once per upstream read, not once per event.
+Labels are bounded: the route template, the method (`other` outside `METHOD_LABELS`: a client can send
+any token as a method), the status, an outcome or reason from a fixed set; never a raw path, key or IP.
+Hot-path updates happen once per upstream read, not once per event.
 `*_created` series are off: they double the scrape and nothing here reads them.
 """
 
@@ -21,6 +22,8 @@ _LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0
 _STREAM_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
 
 disable_created_metrics()
 
@@ -52,10 +55,14 @@ class Metrics:
         self.rate_limit_store_errors = Counter(
             "rate_limit_store_errors", "Rate-limit decisions made without Redis (store unreachable)", registry=r
         )
+        self.accept_errors = Counter(
+            "accept_errors", "accept() failures for lack of descriptors or memory (each pauses accepting briefly)", registry=r
+        )
+        self.connections_rejected = Counter("connections_rejected", "Connections closed at accept: MAX_CONNECTIONS reached", registry=r)
         self.loop_lag = Histogram("event_loop_lag_seconds", "How late a periodic timer fires", buckets=_LAG_BUCKETS, registry=r)
 
     def request_finished(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_requests.labels(route, method if method in METHOD_LABELS else "other", str(status)).inc()
         self.http_duration.labels(route).observe(seconds)
 
     def rate_limited(self, reason: str) -> None:

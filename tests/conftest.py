@@ -123,8 +123,11 @@ async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asynci
         writer.close()
 
 
-async def read_response(reader: asyncio.StreamReader, until: Callable[[bytes], bool] | None = None) -> RawResponse:
-    """Read one response; with `until`, stop (without reading the rest) once the body so far satisfies it."""
+async def read_response(
+    reader: asyncio.StreamReader, until: Callable[[bytes], bool] | None = None, *, bodyless: bool = False
+) -> RawResponse:
+    """Read one response; with `until`, stop (without reading the rest) once the body so far satisfies it.
+    `bodyless`: the answer to a HEAD, whose Content-Length describes a body that is not sent."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers: dict[str, str] = {}
@@ -136,6 +139,8 @@ async def read_response(reader: asyncio.StreamReader, until: Callable[[bytes], b
     status = int(status_line.split()[1])
     body = b""
     chunks = []
+    if bodyless:
+        return RawResponse(status, headers, body, head.decode("latin-1"))
     if headers.get("transfer-encoding") == "chunked":
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip(), 16)
@@ -160,6 +165,21 @@ async def request(
         writer.write(build_request(method, path, payload, headers))
         await writer.drain()
         return await asyncio.wait_for(read_response(reader), 30)
+
+
+async def head_and_get(port: int, path: str) -> tuple[RawResponse, RawResponse]:
+    """HEAD then GET of `path`, pipelined on one connection: the GET parses only if the HEAD sent no body."""
+    async with connect(port) as (reader, writer):
+        writer.write(build_request("HEAD", path) + build_request("GET", path))
+        head = await asyncio.wait_for(read_response(reader, bodyless=True), 30)
+        return head, await asyncio.wait_for(read_response(reader), 30)
+
+
+def same_headers(head: RawResponse, get: RawResponse) -> None:
+    """Assert a HEAD answer has the GET's status and headers (but for the per-response ones)."""
+    varying = {"date", "x-request-id"}
+    assert head.status == get.status
+    assert {k: v for k, v in head.headers.items() if k not in varying} == {k: v for k, v in get.headers.items() if k not in varying}
 
 
 async def chat(port: int, body: Any, headers: dict[str, str] | None = None) -> RawResponse:

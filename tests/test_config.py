@@ -20,6 +20,7 @@ def test_defaults() -> None:
     assert (s.read_timeout, s.write_timeout, s.idle_timeout, s.shutdown_timeout) == (15, 15, 60, 30)
     assert (s.first_token_timeout, s.upstream_idle_timeout, s.stream_max, s.heartbeat) == (120, 60, 600, 15)
     assert (s.max_upstream_line_bytes, s.max_upstream_event_bytes, s.max_upstream_body_bytes) == (1 << 20, 1 << 20, 8 << 20)
+    assert (s.header_timeout, s.max_connections) == (10, None)  # None: derived from the NOFILE limit at start
     assert "sk-x" not in repr(s)
 
 
@@ -48,6 +49,8 @@ def test_seed_port_form_and_fractional_rate() -> None:
         ("FALLBACK_MODELS", "bad"),
         ("MAX_UPSTREAM_EVENT_BYTES", "2048"),  # below MAX_UPSTREAM_LINE_BYTES (default 1 MiB)
         ("MAX_UPSTREAM_BODY_BYTES", "10"),
+        ("MAX_CONNECTIONS", "0"),
+        ("HEADER_TIMEOUT_SECS", "0"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:

@@ -17,7 +17,7 @@ from server.app import make_app
 from server.config import load_settings
 from server.logs import RequestContextFilter
 from server.state import Gateway
-from tests.conftest import RawResponse, RunningGateway, api_error, chat, request
+from tests.conftest import RawResponse, RunningGateway, api_error, chat, head_and_get, request, same_headers
 from tests.fault_upstream import FaultUpstream
 
 KEY = "sk-client-key-1"
@@ -182,13 +182,42 @@ async def test_unknown_path_is_a_json_404_for_any_method(gateway: RunningGateway
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("GET", "/chat", "POST, OPTIONS"), ("PUT", "/chat", "POST, OPTIONS"), ("POST", "/health", "GET, OPTIONS")],
+    [
+        ("GET", "/chat", "POST, OPTIONS"),
+        ("PUT", "/chat", "POST, OPTIONS"),
+        ("POST", "/health", "GET, HEAD, OPTIONS"),
+        ("X0000001", "/health", "GET, HEAD, OPTIONS"),
+        ("get", "/chat", "POST, OPTIONS"),
+    ],
 )
 async def test_wrong_method_is_a_json_405_with_allow(gateway: RunningGateway, method: str, path: str, allow: str) -> None:
     response = await request(gateway.port, method, path, body={} if method != "GET" else None)
     body = api_error(response, 405, "method_not_allowed")
     assert response.header("Allow") == allow
     assert body["message"] == f"{method} is not allowed here; use {allow}"
+
+
+async def test_made_up_methods_get_the_whole_edge(start_gateway) -> None:
+    gateway = start_gateway(RATE_LIMIT="1", CLIENT_API_KEYS=KEY)
+    first = await request(gateway.port, "X0000001", "/health", headers={"X-Request-ID": "odd-1"})
+    assert api_error(first, 405, "method_not_allowed")["request_id"] == "odd-1"
+    assert first.header("RateLimit-Limit") == "1"  # /health is exempt for the methods it serves only
+    assert_secure(first)
+    api_error(await request(gateway.port, "X0000002", "/health"), 429, "rate_limited")
+    assert (await request(gateway.port, "GET", "/health")).status == 200
+    api_error(await request(gateway.port, "X0000003", "/chat"), 401, "unauthorized")  # the client key comes first
+    fresh = start_gateway()
+    api_error(await request(fresh.port, "X0000004", "/no/such/path"), 404, "not_found")
+    preflight = await request(fresh.port, "OPTIONS", "/health", headers={"Origin": "https://a.example"})
+    assert preflight.status == 204
+
+
+async def test_head_health_answers_like_get_without_a_body(gateway: RunningGateway) -> None:
+    head, get = await head_and_get(gateway.port, "/health")
+    assert head.status == 200 and get.json()["status"] == "ok"
+    same_headers(head, get)
+    assert head.header("Content-Length") == str(len(get.body)) and head.header("Cache-Control") == "no-store"
+    assert_secure(head)
 
 
 class BoomHandler(BaseHandler):

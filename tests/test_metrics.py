@@ -112,6 +112,28 @@ async def test_http_requests_count_by_route_template_method_and_status(gateway: 
     assert (await scrape(gateway.port))[total, {"route": "/metrics", "status": "200"}] == 1
 
 
+def series(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+async def test_made_up_methods_cannot_grow_the_metrics(start_gateway: Callable[..., RunningGateway]) -> None:
+    gateway = start_gateway(RATE_LIMIT="1000000000")
+    assert (await request(gateway.port, "X0000000", "/health")).status == 405  # the `other` series, once
+    await scrape(gateway.port)  # and the /metrics series
+    before = (await request(gateway.port, "GET", "/metrics")).body.decode()
+    count = 10_000
+    async with connect(gateway.port) as (reader, writer):  # pipelined on one connection: fast enough for 10,000
+        writer.write(b"".join(build_request(f"X{n:07d}", "/health") for n in range(1, count + 1)))
+        for _ in range(count):
+            answer = await asyncio.wait_for(read_response(reader), 30)
+            assert answer.status == 405
+    after = (await request(gateway.port, "GET", "/metrics")).body.decode()
+    assert series(after) == series(before)
+    result = Scrape(after)
+    assert result["http_requests_total", {"route": "/health", "method": "other", "status": "405"}] == count + 1
+    assert result.label_values("http_requests_total", "method") == {"GET", "other"}
+
+
 def test_every_routed_handler_sets_its_route_template() -> None:
     settings = load_settings({"OPENROUTER_API_KEY": "k"})
     app = make_app(settings)

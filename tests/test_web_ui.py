@@ -6,6 +6,8 @@ console error, uncaught exception or CSP violation. Debian's chromium is used (n
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from middleware.security_headers import API_CSP, PAGE_CSP
 from server.demo_upstream import FILLER
-from tests.conftest import ROOT, RunningGateway, request
+from tests.conftest import ROOT, RunningGateway, head_and_get, request, same_headers
 from tests.services import GatewayProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,7 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+SCREENSHOT_ENV = "SCREENSHOT_PATH"  # set by `make screenshot` to refresh docs/screenshot.png
 TIMEOUT_MS = 15_000
 
 DEMO_ENV = {"DEMO_DELAY_MS": "40", "SHUTDOWN_TIMEOUT_SECS": "1"}  # words arrive over many frames
@@ -65,6 +67,16 @@ async def test_page_has_the_page_csp_and_every_edge_header(gateway: RunningGatew
     assert health.header("Content-Security-Policy") == API_CSP  # API routes keep default-src 'none'
 
 
+async def test_head_of_the_page_and_a_static_file_has_the_get_headers(gateway: RunningGateway) -> None:
+    for path in ("/", "/static/app.css"):
+        head, get = await head_and_get(gateway.port, path)
+        assert head.status == 200, path
+        same_headers(head, get)
+    assert head.header("Cache-Control") is None  # unversioned static file: the ETag revalidates it
+    page, _ = await head_and_get(gateway.port, "/")
+    assert page.header("Cache-Control") == "no-cache"
+
+
 async def test_static_files_are_cached_and_carry_the_edge(gateway: RunningGateway) -> None:
     page = await request(gateway.port, "GET", "/")
     versioned = await request(gateway.port, "GET", asset_url(page.body, "app.js"), headers={"X-Request-ID": "static-1"})
@@ -95,6 +107,17 @@ async def test_missing_static_files_and_the_raw_template_get_the_json_404(gatewa
     outside = await request(gateway.port, "GET", "/static/%2e%2e/config.py")
     assert outside.status == 403
     assert outside.header("Content-Type") == "application/json"
+
+
+async def test_a_nul_byte_in_a_static_path_is_a_json_404_not_a_traceback(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        for path in ("/static/app.js%00", "/static/%00", "/static/app%00.css"):
+            response = await request(gateway.port, "GET", path)
+            assert response.status == 404, path
+            assert response.json()["error_type"] == "not_found"
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info] == []
 
 
 async def test_page_and_static_files_are_not_rate_limited(start_gateway: Any) -> None:
@@ -178,7 +201,13 @@ def watched(browser: Browser) -> Iterator[Watched]:
     context.close()
 
 
-def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: GatewayProcess, watched: Watched) -> None:
+@pytest.fixture
+def screenshot(tmp_path: Path) -> Path:
+    """Where the answered page's screenshot goes: a temporary file, so a test run leaves the work tree alone."""
+    return Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "screenshot.png")
+
+
+def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: GatewayProcess, watched: Watched, screenshot: Path) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     # Sample the answer's length once per animation frame until the stream has ended.
@@ -208,9 +237,8 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: Gatew
     assert re.fullmatch(r"\d+ ms", page.text_content("#ttft") or "")
     assert page.is_hidden("#error")
     assert page.is_enabled("#send") and page.is_disabled("#stop")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENSHOT)
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+    page.screenshot(path=screenshot)
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
     assert watched.problems == []
 
 
