@@ -39,6 +39,10 @@ class Scenario:
     send_done: bool = True
     endless_line_bytes: int = 0  # send one line of this many bytes without a newline
     json_body: Any = None  # non-streaming answer body (stream: false)
+    raw_body: str | None = None  # instead of error_body / json_body: this body verbatim (may be invalid JSON)
+
+
+ECHO_AUTHORIZATION = "{authorization}"  # in raw_lines, raw_body or error_body: replaced by the Authorization header received
 
 
 def chunk_json(content: str | None, finish_reason: str | None = None, **extra: Any) -> str:
@@ -114,11 +118,11 @@ class _Handler(web.RequestHandler):
                 if scenario.error_body is not None
                 else {"error": {"message": f"fault {scenario.status}", "code": scenario.status}}
             )
-            self.finish(json.dumps(error))
+            self.finish(self._echo(scenario.raw_body if scenario.raw_body is not None else json.dumps(error)))
             return
         if not body.get("stream"):
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(scenario.json_body))
+            self.finish(self._echo(scenario.raw_body if scenario.raw_body is not None else json.dumps(scenario.json_body)))
             return
         self.set_header("Content-Type", "text/event-stream")
         self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
@@ -127,8 +131,12 @@ class _Handler(web.RequestHandler):
         except StreamClosedError:
             self.on_connection_close()
 
+    def _echo(self, text: str) -> str:
+        """A careless provider quoting the credentials it was sent."""
+        return text.replace(ECHO_AUTHORIZATION, self.request.headers.get("Authorization", ""))
+
     async def _send(self, text: str, scenario: Scenario) -> None:
-        data = text.replace("\n", scenario.newline).encode("utf-8")
+        data = self._echo(text).replace("\n", scenario.newline).encode("utf-8")
         if scenario.byte_by_byte:
             for index in range(len(data)):
                 self.write(data[index : index + 1])
