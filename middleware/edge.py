@@ -7,7 +7,6 @@ all before the body is read and before any upstream call. Errors render in one s
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import cached_property
@@ -20,6 +19,7 @@ from middleware.errors import ApiError, body_too_large, openai_error_body, seed_
 from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
 from server.context import bind_request
+from server.jsonio import dumps
 from server.state import Gateway
 
 access_log = logging.getLogger("gateway.access")
@@ -154,7 +154,7 @@ class EdgeMixin(RequestHandler):
         else:
             body = seed_error_body(error.status_code, error.error_type, error.message, self.request_id)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, ensure_ascii=False))
+        self.finish(dumps(body))  # a message may quote client input: a lone surrogate stays an escape
 
     def allowed_methods(self) -> list[str]:
         return [m for m in ("GET", "POST", "OPTIONS") if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]

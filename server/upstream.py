@@ -22,8 +22,11 @@ from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 
+from server.completions import error_text
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient, StreamingRequest
+from server.jsonio import loads
+from server.redact import Redactor, redactor_for
 from server.sse import DONE, LineTooLongError, SSEEvent, SSEParser
 
 log = logging.getLogger("gateway.upstream")
@@ -57,18 +60,13 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
-def error_from_response(status: int, body: bytes, headers: httputil.HTTPHeaders) -> UpstreamError:
-    """Turn a non-2xx answer into an error carrying the provider's own message (never our key)."""
-    message = ""
+def error_from_response(status: int, body: bytes, headers: httputil.HTTPHeaders, redact: Redactor) -> UpstreamError:
+    """Turn a non-2xx answer into an error carrying the provider's own message, our secrets redacted."""
     try:
-        parsed = json.loads(body)
-        error = parsed.get("error") if isinstance(parsed, dict) else None
-        if isinstance(error, dict):
-            message = str(error.get("message") or "")
-        elif isinstance(error, str):
-            message = error
-    except ValueError:
-        message = body[:200].decode("utf-8", "replace").strip()
+        parsed = loads(body)
+        message = redact(error_text(parsed.get("error"))) if isinstance(parsed, dict) else ""
+    except ValueError:  # not JSON (or nested too deeply): its start, redacted before the cut so no key is left half
+        message = redact(body[:4096].decode("utf-8", "replace"))[:200].strip()
     return UpstreamError(
         "upstream_error",
         f"upstream returned HTTP {status}" + (f": {message}" if message else ""),
@@ -146,6 +144,11 @@ class UpstreamCall:
         self._stopped: UpstreamError | None = None
         self._wake: asyncio.Event | None = None  # made only when a backoff has to wait
         self._stream_deadline = self._loop.time() + settings.stream_max
+
+    @property
+    def redact(self) -> Redactor:
+        """Our secrets out of the provider's text, before it reaches a client or a log line."""
+        return redactor_for(self.settings)
 
     # -- control from the handler ----------------------------------------------------------------
     def commit(self) -> None:
@@ -270,13 +273,13 @@ class UpstreamCall:
         self.status = response.code
         self.response_headers = response.headers
         if not 200 <= response.code < 300:
-            raise error_from_response(response.code, response.body, response.headers)
+            raise error_from_response(response.code, response.body, response.headers, self.redact)
         try:
-            parsed = json.loads(response.body)
+            parsed = loads(response.body)
         except ValueError:
             raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
         if not isinstance(parsed, dict) or "error" in parsed:
-            raise error_from_response(502, response.body, response.headers)
+            raise error_from_response(502, response.body, response.headers, self.redact)
         return parsed
 
     async def _stream_attempt(self, model: str, consumer: EventsConsumer) -> None:
@@ -439,7 +442,7 @@ class _StreamAttempt:
             raise self.call._connection_error()
         if not self.streaming:
             status = response.code if not 200 <= response.code < 300 else 502
-            raise error_from_response(status, bytes(self.error_body), response.headers)
+            raise error_from_response(status, bytes(self.error_body), response.headers, self.call.redact)
         tail = self.parser.close()
         if tail:
             pending = self._deliver(tail)
