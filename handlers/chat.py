@@ -7,7 +7,6 @@ errors). Exactly one terminal event ends every stream the client is still there 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -16,7 +15,7 @@ from tornado.web import stream_request_body
 
 from handlers.streaming import ClientGoneError, StreamingHandler
 from middleware.validation import validate_chat
-from server.completions import encode_json_string
+from server.jsonio import dumps, encode_json_string
 from server.logs import prompt_fields
 from server.sse import SSEEvent
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
@@ -25,8 +24,7 @@ CONTENT_PREFIX = b'data: {"content": '
 
 
 def chat_event(kind: str, content: str, request_id: str, **extra: Any) -> bytes:
-    event = {"content": content, "request_id": request_id, "type": kind, **extra}
-    return b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    return b"data: " + dumps({"content": content, "request_id": request_id, "type": kind, **extra}) + b"\n\n"
 
 
 @stream_request_body
@@ -71,10 +69,7 @@ class ChatHandler(StreamingHandler):
             outcome = self.outcome_of(error)
             self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
             if outcome != "client_disconnected" and not self._client_gone:
-                extra: dict[str, Any] = {"error_type": error.error_type}
-                if error.status is not None:
-                    extra["status"] = error.status
-                self.finish(chat_event("error", error.message, request_id, **extra))
+                self.finish(self.error_event(error))
             return
         fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
         done: dict[str, Any] = {}
@@ -92,6 +87,12 @@ class ChatHandler(StreamingHandler):
             **fields,
         )
         self.finish(chat_event("done", "", request_id, **done))
+
+    def error_event(self, error: UpstreamError) -> bytes:
+        extra: dict[str, Any] = {"error_type": error.error_type}
+        if error.status is not None:
+            extra["status"] = error.status
+        return chat_event("error", error.message, self.request_id, **extra)
 
     def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
         """One upstream read's events -> one write and one flush of content events."""

@@ -19,16 +19,18 @@ from handlers.base import BaseHandler, NotFoundHandler
 from handlers.streaming import StreamingHandler
 from middleware.errors import ApiError, openai_error_body
 from middleware.openai_validation import OpenAIChatRequest, validate_openai_chat
+from server.completions import summarize_completion
+from server.jsonio import NestingTooDeepError, dumps
 from server.sse import SSEEvent, encode_data
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
 
 DONE_EVENT = b"data: [DONE]\n\n"
 # how a failure with no upstream HTTP error status reaches an OpenAI client
-_STATUS_OF = {"upstream_timeout": 504, "server_shutdown": 503}
+_STATUS_OF = {"upstream_timeout": 504, "server_shutdown": 503, "internal_error": 500}
 
 
 def error_status(error: UpstreamError) -> int:
-    """The upstream's own HTTP error status when it sent one; else 504 (timeout), 503 (shutdown) or 502."""
+    """The upstream's own HTTP error status when it sent one; else 504 (timeout), 503 (shutdown), 500 (ours) or 502."""
     if error.status is not None and error.status >= 400:
         return error.status
     return _STATUS_OF.get(error.error_type, 502)
@@ -37,6 +39,14 @@ def error_status(error: UpstreamError) -> int:
 def _usage_only(data: str) -> bool:
     """The final usage chunk (`"choices": []`), which OpenAI sends only to clients that asked for usage."""
     return not json.loads(data).get("choices")
+
+
+def _encode_answer(answer: dict[str, Any], status: int | None) -> bytes:
+    """The provider's answer as strict JSON (a NaN it sent is null); one too deep to encode is the provider's fault."""
+    try:
+        return dumps(answer)
+    except NestingTooDeepError:
+        raise UpstreamError("upstream_error", "upstream answer is nested too deeply", status) from None
 
 
 @stream_request_body
@@ -90,27 +100,26 @@ class ChatCompletionsHandler(StreamingHandler):
         call = self._start_call(dict(request.payload, stream=False), "application/json")
         try:
             answer = await call.complete()
+            body = _encode_answer(answer, call.status)
         except UpstreamError as error:
             outcome = self.outcome_of(error)
             self.log_outcome(outcome, 0, None, upstream_status=call.status, error_type=error.error_type, **fields)
             if outcome == "client_disconnected":
                 return
             raise self._http_error(error) from None
-        choices = answer.get("choices")
-        finish_reason = choices[0].get("finish_reason") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-        usage = answer.get("usage")
+        summary = summarize_completion(answer)
         self.log_outcome(
             "finished",
             0,
             None,
             upstream_status=call.status,
-            usage=usage if isinstance(usage, dict) else None,
-            finish_reason=finish_reason,
+            usage=summary.usage,
+            finish_reason=summary.finish_reason,
             **fields,
         )
         self._set_server_timing()
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(answer, ensure_ascii=False))
+        self.finish(body)
 
     # -- stream: true -------------------------------------------------------------------------------
     async def _stream(self, request: OpenAIChatRequest) -> None:
@@ -132,8 +141,7 @@ class ChatCompletionsHandler(StreamingHandler):
                 return
             if not self._streaming:
                 raise self._http_error(error) from None
-            body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
-            self.finish(encode_data(json.dumps(body, ensure_ascii=False)) + DONE_EVENT)
+            self.finish(self.error_event(error))
             return
         self.log_outcome(
             "finished",
@@ -147,6 +155,11 @@ class ChatCompletionsHandler(StreamingHandler):
         if not self._streaming:  # an upstream that answered [DONE] and nothing else
             self._begin()
         self.finish(DONE_EVENT)
+
+    def error_event(self, error: UpstreamError) -> bytes:
+        """An OpenAI error chunk, then `[DONE]`: what the SDKs raise on mid-stream."""
+        body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
+        return encode_data(dumps(body)) + DONE_EVENT
 
     def _begin(self) -> None:
         self._streaming = True
@@ -162,7 +175,7 @@ class ChatCompletionsHandler(StreamingHandler):
                 continue
             if chunk.content and self.ttft is None:
                 self.ttft = started - self.started_at
-            out.append(encode_data(event.data))
+            out.append(encode_data(chunk.strict_data or event.data))
         if out and not self._streaming:
             self._begin()
         return self.write_batch(out, self.chunk_failure, started)

@@ -12,11 +12,13 @@ import logging
 import time
 from collections.abc import Awaitable, Iterator
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from tornado import gen, httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError
 
 from handlers.base import BaseHandler
 from middleware.errors import ApiError, body_too_large
@@ -35,6 +37,10 @@ class ClientGoneError(UpstreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__("client_disconnected", message)
+
+
+def internal_error() -> UpstreamError:
+    return UpstreamError("internal_error", "internal error; the gateway log has the details under this request id")
 
 
 class StreamingHandler(BaseHandler):
@@ -140,9 +146,8 @@ class StreamingHandler(BaseHandler):
             if chunk is None:
                 continue
             if chunk.error is not None:
-                self.chunk_failure = UpstreamError(
-                    "upstream_error", f"upstream error: {chunk.error}", self.call.status if self.call else None
-                )
+                assert self.call is not None
+                self.chunk_failure = UpstreamError("upstream_error", f"upstream error: {self.call.redact(chunk.error)}", self.call.status)
                 return
             if chunk.finish_reason is not None:
                 self.finish_reason = chunk.finish_reason
@@ -278,6 +283,24 @@ class StreamingHandler(BaseHandler):
 
     @staticmethod
     def outcome_of(error: UpstreamError) -> str:
-        if error.error_type in ("client_disconnected", "upstream_timeout", "server_shutdown"):
+        if error.error_type in ("client_disconnected", "upstream_timeout", "server_shutdown", "internal_error"):
             return error.error_type
         return "upstream_error"
+
+    # -- the unexpected ---------------------------------------------------------------------------
+    def error_event(self, error: UpstreamError) -> bytes:
+        """The route's terminal error event(s) for a stream that already began."""
+        raise NotImplementedError
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        """An exception nobody expected: Tornado logs its traceback (once); the stream's outcome is still counted."""
+        super().log_exception(typ, value, tb)
+        if not isinstance(value, HTTPError):
+            self.log_outcome("internal_error", self.events, self.ttft, error_type="internal_error")
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Before the stream began, the route's JSON error; after, one terminal `error` event instead of a cut-off stream."""
+        if not self._headers_written:
+            super().send_error(status_code, **kwargs)
+        elif not self._finished:
+            self.finish(b"" if self._client_gone else self.error_event(internal_error()))

@@ -9,7 +9,6 @@ route family. Any method reaches the edge, made-up ones included: Tornado would 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import cached_property
@@ -22,6 +21,7 @@ from middleware.errors import ApiError, body_too_large, openai_error_body, seed_
 from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
 from server.context import bind_request
+from server.jsonio import dumps
 from server.state import Gateway
 
 access_log = logging.getLogger("gateway.access")
@@ -172,7 +172,7 @@ class EdgeMixin(RequestHandler):
         else:
             body = seed_error_body(error.status_code, error.error_type, error.message, self.request_id)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, ensure_ascii=False))
+        self.finish(dumps(body))  # a message may quote client input: a lone surrogate stays an escape
 
     def allowed_methods(self) -> list[str]:
         return [m for m in _HANDLER_METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]

@@ -11,6 +11,7 @@ from typing import Any
 
 from middleware.validation import (
     MAX_MESSAGES,
+    check_characters,
     check_messages,
     check_model,
     check_number,
@@ -74,7 +75,7 @@ def message_text(field: str, value: Any, limit: int) -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 message = f'\'{part_field}\' must be a text part {{"type": "text", "text": "..."}}'
                 raise invalid(part_field, message, "unsupported_content")
-            texts.append(part["text"])
+            texts.append(check_characters(part_field, part["text"]))
         value = "".join(texts)
     return check_text(field, value, limit)
 
@@ -119,6 +120,8 @@ def _check_stop(value: Any) -> str | list[str]:
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in items):
         message = f"'stop' must be a non-empty string or an array of 1 to {MAX_STOP_SEQUENCES} non-empty strings"
         raise invalid("stop", message, "invalid_type")
+    for index, item in enumerate(items):
+        check_characters("stop" if isinstance(value, str) else f"stop[{index}]", item)
     return value  # type: ignore[no-any-return]
 
 

@@ -16,6 +16,7 @@ from middleware.errors import ApiError
 from server.config import Settings
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only a lone one survives JSON decoding (a pair becomes one character)
 _MODEL = re.compile(r"[A-Za-z0-9._~:-]+/[A-Za-z0-9._~:@/-]+")
 ROLES = frozenset({"system", "user", "assistant"})
 # /v1 accepts up to this many messages; their text together may be MAX_PROMPT_LENGTH x this long at most
@@ -71,6 +72,13 @@ def check_text(field: str, value: Any, max_length: int) -> str:
         raise invalid(field, f"'{field}' is {len(value)} characters; the limit is {max_length}", "prompt_too_long")
     if _CONTROL.search(value):
         raise invalid(field, f"'{field}' contains control characters (only tab, CR and LF are allowed)", "invalid_characters")
+    return check_characters(field, value)
+
+
+def check_characters(field: str, value: str) -> str:
+    """A lone surrogate (`"\\ud800"`) is valid JSON but no character: it cannot be sent upstream as UTF-8."""
+    if _SURROGATE.search(value):
+        raise invalid(field, f"'{field}' contains a lone surrogate (\\ud800-\\udfff): half a character", "invalid_characters")
     return value
 
 
@@ -118,7 +126,7 @@ def check_messages(value: Any, settings: Settings, content: Callable[[str, Any],
         if "name" in message:
             if not isinstance(message["name"], str):
                 raise invalid(f"{field}.name", f"'{field}.name' must be a string", "invalid_type")
-            normalised["name"] = message["name"]
+            normalised["name"] = check_characters(f"{field}.name", message["name"])
         messages.append(normalised)
     if total > settings.max_prompt_length * MAX_MESSAGES:
         raise invalid(

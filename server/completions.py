@@ -1,35 +1,20 @@
-"""What an OpenAI-format `chat.completion.chunk` says: text, finish reason, usage, or an error.
+"""What an OpenAI-format `chat.completion.chunk` (or a whole `chat.completion`) says: text, finish reason, usage, or an error.
 
 The one place that reads the provider's chunk JSON; handlers turn the result into their client's format.
+Whatever the provider got wrong is dropped here, so nothing downstream (the client's `done`, the log line,
+the token counters) sees a non-string finish reason or a usage value that is not a finite count.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, NamedTuple
 
-import orjson
+from server.jsonio import NestingTooDeepError, decode, strict_text
 
 log = logging.getLogger("gateway.upstream")
 
-
-def _decode(data: str) -> Any:
-    """orjson, about 4x faster than the stdlib for one call per relayed event; the stdlib for the little it
-    refuses that json.loads accepts (NaN, a lone surrogate escape from a provider that split an emoji)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
-
-
-def encode_json_string(text: str) -> bytes:
-    """`text` as a UTF-8 JSON string. A lone surrogate (half of a split emoji) stays a \\uXXXX escape, so the
-    client's JSON parser can join the halves again, instead of failing to encode."""
-    try:
-        return orjson.dumps(text)
-    except TypeError:
-        return json.dumps(text).encode("ascii")
+_MAX_COUNT = 2**53  # past it a JSON number loses integer precision, and a counter creeps toward +Inf
 
 
 class Chunk(NamedTuple):
@@ -37,14 +22,51 @@ class Chunk(NamedTuple):
 
     content: str = ""
     finish_reason: str | None = None
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
     error: str | None = None
+    strict_data: str | None = None  # the data line with NaN/Infinity as null, when it had them (relay this instead)
+
+
+def error_text(error: Any) -> str:
+    """The provider's message from an `error` field (`{"message": "..."}` or a plain string); "" when it has none."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return message if isinstance(message, str) else ""
+
+
+def clean_usage(usage: Any) -> dict[str, Any] | None:
+    """`usage` with only what can be trusted: finite counts 0..2**53, booleans, and objects of those one level
+    down (the `*_details`); negative, NaN, Infinity, non-numeric and deeper values are dropped."""
+    if not isinstance(usage, dict):
+        return None
+    return _clean(usage, nested=True) or None
+
+
+def _clean(values: dict[str, Any], nested: bool) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or (isinstance(value, int | float) and 0 <= value <= _MAX_COUNT):
+            kept[key] = value
+        elif nested and isinstance(value, dict):
+            kept[key] = _clean(value, nested=False)
+    return kept
+
+
+def _first_choice(value: dict[str, Any]) -> dict[str, Any]:
+    choices = value.get("choices")
+    return choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+
+
+def _finish_reason(choice: dict[str, Any]) -> str | None:
+    reason = choice.get("finish_reason")
+    return reason if isinstance(reason, str) else None
 
 
 def parse_chunk(data: str) -> Chunk | None:
     """The chunk's meaning, or None for a malformed line (logged at WARN and skipped)."""
     try:
-        value = _decode(data)
+        value, strict = decode(data)
+    except NestingTooDeepError:
+        return Chunk(error="data line nested too deeply")
     except ValueError:
         log.warning("skipping malformed upstream data line (%d chars)", len(data))
         return None
@@ -53,18 +75,16 @@ def parse_chunk(data: str) -> Chunk | None:
         return None
     error = value.get("error")
     if error is not None:
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        return Chunk(error=str(message or "upstream reported an error"))
-    content = ""
-    finish_reason = None
-    choices = value.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            content = delta["content"]
-        finish_reason = choice.get("finish_reason")
-        if finish_reason == "error":
-            return Chunk(content=content, finish_reason=finish_reason, error="upstream provider failed mid-stream")
-    usage = value.get("usage")
-    return Chunk(content, finish_reason, usage if isinstance(usage, dict) else None)
+        return Chunk(error=error_text(error) or "upstream reported an error")
+    choice = _first_choice(value)
+    delta = choice.get("delta")
+    content = delta["content"] if isinstance(delta, dict) and isinstance(delta.get("content"), str) else ""
+    finish_reason = _finish_reason(choice)
+    if finish_reason == "error":
+        return Chunk(content=content, finish_reason=finish_reason, error="upstream provider failed mid-stream")
+    return Chunk(content, finish_reason, clean_usage(value.get("usage")), strict_data=None if strict else strict_text(data))
+
+
+def summarize_completion(answer: dict[str, Any]) -> Chunk:
+    """A non-streaming `chat.completion`'s finish reason and usage, for the outcome line and the metrics."""
+    return Chunk(finish_reason=_finish_reason(_first_choice(answer)), usage=clean_usage(answer.get("usage")))

@@ -9,6 +9,7 @@ Hot-path updates happen once per upstream read, not once per event.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -79,8 +80,8 @@ class Metrics:
         if ttft is not None:
             self.ttft.observe(ttft)
         if usage:
-            self.tokens.labels("prompt").inc(usage.get("prompt_tokens") or 0)
-            self.tokens.labels("completion").inc(usage.get("completion_tokens") or 0)
+            self.tokens.labels("prompt").inc(_count(usage.get("prompt_tokens")))
+            self.tokens.labels("completion").inc(_count(usage.get("completion_tokens")))
         if outcome == "client_disconnected":
             self.client_disconnects.inc()
 
@@ -91,3 +92,8 @@ class Metrics:
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def _count(value: Any) -> float:
+    """A token count from (cleaned) usage; anything but a number (a boolean, an object) counts as none."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0

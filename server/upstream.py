@@ -24,8 +24,11 @@ from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 
+from server.completions import error_text
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient, RequestAbortedError, StreamingRequest
+from server.jsonio import loads
+from server.redact import Redactor, redactor_for
 from server.sse import DONE, EventTooLargeError, LineTooLongError, SSEEvent, SSEParser
 from server.upstream_failures import failure_message
 
@@ -60,18 +63,13 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
-def error_from_response(status: int, body: bytes, headers: httputil.HTTPHeaders) -> UpstreamError:
-    """Turn a non-2xx answer into an error carrying the provider's own message (never our key)."""
-    message = ""
+def error_from_response(status: int, body: bytes, headers: httputil.HTTPHeaders, redact: Redactor) -> UpstreamError:
+    """Turn a non-2xx answer into an error carrying the provider's own message, our secrets redacted."""
     try:
-        parsed = json.loads(body)
-        error = parsed.get("error") if isinstance(parsed, dict) else None
-        if isinstance(error, dict):
-            message = str(error.get("message") or "")
-        elif isinstance(error, str):
-            message = error
-    except ValueError:
-        message = body[:200].decode("utf-8", "replace").strip()
+        parsed = loads(body)
+        message = redact(error_text(parsed.get("error"))) if isinstance(parsed, dict) else ""
+    except ValueError:  # not JSON (or nested too deeply): its start, redacted before the cut so no key is left half
+        message = redact(body[:4096].decode("utf-8", "replace"))[:200].strip()
     return UpstreamError(
         "upstream_error",
         f"upstream returned HTTP {status}" + (f": {message}" if message else ""),
@@ -149,6 +147,11 @@ class UpstreamCall:
         self._stopped: UpstreamError | None = None
         self._wake: asyncio.Event | None = None  # made only when a backoff has to wait
         self._stream_deadline = self._loop.time() + settings.stream_max
+
+    @property
+    def redact(self) -> Redactor:
+        """Our secrets out of the provider's text, before it reaches a client or a log line."""
+        return redactor_for(self.settings)
 
     # -- control from the handler ----------------------------------------------------------------
     def commit(self) -> None:
@@ -376,7 +379,7 @@ class _Attempt:
             status = self.call.status
             if status is None or 200 <= status < 300:  # a 2xx JSON body where a stream was expected
                 status = 502
-            raise error_from_response(status, bytes(self.error_body), self.call.response_headers)
+            raise error_from_response(status, bytes(self.error_body), self.call.response_headers, self.call.redact)
         if response is None:
             raise self.call._connection_error()
 
@@ -410,11 +413,11 @@ class _CompleteAttempt(_Attempt):
         assert response is not None
         body = bytes(self.body)
         try:
-            parsed = json.loads(body)
+            parsed = loads(body)
         except ValueError:
             raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
         if not isinstance(parsed, dict) or "error" in parsed:
-            raise error_from_response(502, body, response.headers)
+            raise error_from_response(502, body, response.headers, self.call.redact)
         return parsed
 
 

@@ -6,7 +6,9 @@ Tests are `async def` functions run by pytest-tornasync on its `io_loop` fixture
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from server.config import Settings, load_settings  # noqa: E402
 from server.lifecycle import make_server  # noqa: E402
+from server.logs import configure_logging  # noqa: E402
 from server.state import Gateway  # noqa: E402
 from tests.fault_upstream import FaultUpstream  # noqa: E402
 
@@ -35,6 +38,32 @@ def upstream(io_loop: Any) -> Iterator[FaultUpstream]:
     fault = FaultUpstream().start()
     yield fault
     fault.stop()
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[Callable[..., io.StringIO]]:
+    """`capture_logs(log_format="json", level="DEBUG", ...)` -> the StringIO every log line goes to."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+
+    def configure(
+        log_format: str = "json", level: str = "DEBUG", log_color: str = "auto", no_color: bool = False, stream: io.StringIO | None = None
+    ) -> io.StringIO:
+        stream = stream if stream is not None else io.StringIO()
+        configure_logging(log_format, log_color, level, stream, no_color=no_color)
+        return stream
+
+    yield configure
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
+
+
+def parse(stream: io.StringIO) -> list[dict[str, Any]]:
+    """Every line must be exactly one JSON object; `splitlines()` splits on every line separator Python knows."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @dataclass

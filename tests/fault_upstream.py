@@ -47,6 +47,10 @@ class Scenario:
     endless_block: bytes = b"x" * 65536  # the default makes one line without a newline
     json_body: Any = None  # non-streaming answer body (stream: false)
     json_piece_bytes: int = 0  # send that body in pieces of this many bytes, `delay` apart (`hang_after` pieces)
+    raw_body: str | None = None  # instead of error_body / json_body: this body verbatim (may be invalid JSON)
+
+
+ECHO_AUTHORIZATION = "{authorization}"  # in raw_lines, raw_body or error_body: replaced by the Authorization header received
 
 
 def chunk_json(content: str | None, finish_reason: str | None = None, **extra: Any) -> str:
@@ -128,15 +132,19 @@ class _Handler(web.RequestHandler):
                 if scenario.error_body is not None
                 else {"error": {"message": f"fault {scenario.status}", "code": scenario.status}}
             )
-            self.finish(json.dumps(error))
+            self.finish(self._echo(scenario.raw_body if scenario.raw_body is not None else json.dumps(error)))
             return
         try:
             await (self._stream(scenario) if streaming else self._json(scenario))
         except StreamClosedError:
             self.on_connection_close()
 
+    def _echo(self, text: str) -> str:
+        """A careless provider quoting the credentials it was sent."""
+        return text.replace(ECHO_AUTHORIZATION, self.request.headers.get("Authorization", ""))
+
     async def _send(self, text: str, scenario: Scenario) -> None:
-        data = text.replace("\n", scenario.newline).encode("utf-8")
+        data = self._echo(text).replace("\n", scenario.newline).encode("utf-8")
         if scenario.byte_by_byte:
             for index in range(len(data)):
                 self.write(data[index : index + 1])
@@ -166,7 +174,7 @@ class _Handler(web.RequestHandler):
         await self._hang()
 
     async def _json(self, scenario: Scenario) -> None:
-        text = json.dumps(scenario.json_body).encode("utf-8")
+        text = self._echo(scenario.raw_body if scenario.raw_body is not None else json.dumps(scenario.json_body)).encode("utf-8")
         size = scenario.json_piece_bytes or len(text)
         for index, start in enumerate(range(0, len(text), size)):
             if scenario.hang_after is not None and index == scenario.hang_after:

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,8 +21,8 @@ from tornado.log import enable_pretty_logging
 from handlers.base import BaseHandler
 from middleware.client_keys import key_id
 from server.config import load_settings
-from server.logs import TORNADO_LOGGERS, ConsoleFormatter, JsonFormatter, configure_logging, prompt_fields
-from tests.conftest import RunningGateway, chat, connect, read_response, request
+from server.logs import TORNADO_LOGGERS, ConsoleFormatter, JsonFormatter, prompt_fields
+from tests.conftest import RunningGateway, chat, connect, parse, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
 from tests.services import GatewayProcess
 
@@ -38,38 +38,12 @@ class TtyStream(io.StringIO):
         return True
 
 
-@pytest.fixture
-def capture_logs() -> Iterator[Callable[..., io.StringIO]]:
-    """`capture_logs(log_format="json", level="DEBUG", ...)` -> the StringIO every log line goes to."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-
-    def configure(
-        log_format: str = "json", level: str = "DEBUG", log_color: str = "auto", no_color: bool = False, stream: io.StringIO | None = None
-    ) -> io.StringIO:
-        stream = stream if stream is not None else io.StringIO()
-        configure_logging(log_format, log_color, level, stream, no_color=no_color)
-        return stream
-
-    yield configure
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-
-
 async def get_raw_path(port: int, raw_path: bytes, request_id: str) -> int:
     """GET with a request target sent byte for byte; the response status."""
     async with connect(port) as (reader, writer):
         writer.write(b"GET " + raw_path + b" HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + request_id.encode() + b"\r\n\r\n")
         await writer.drain()
         return (await read_response(reader)).status
-
-
-def parse(stream: io.StringIO) -> list[dict[str, Any]]:
-    """Every line must be exactly one JSON object; `splitlines()` splits on every line separator Python knows."""
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def by_msg(records: list[dict[str, Any]], request_id: str, prefix: str) -> dict[str, Any]:
