@@ -89,13 +89,14 @@ class ChatCompletionsHandler(StreamingHandler):
         fields: dict[str, Any] = {"model": request.model, "prompt_chars": request.prompt_chars}
         call = self._start_call(dict(request.payload, stream=False), "application/json")
         try:
-            answer = await call.complete()
+            completion = await call.complete()
         except UpstreamError as error:
             outcome = self.outcome_of(error)
             self.log_outcome(outcome, 0, None, upstream_status=call.status, error_type=error.error_type, **fields)
             if outcome == "client_disconnected":
                 return
             raise self._http_error(error) from None
+        answer = completion.answer
         choices = answer.get("choices")
         finish_reason = choices[0].get("finish_reason") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         usage = answer.get("usage")
@@ -110,7 +111,7 @@ class ChatCompletionsHandler(StreamingHandler):
         )
         self._set_server_timing()
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(answer, ensure_ascii=False))
+        self.finish(completion.body)  # the provider's bytes: tool calls, logprobs and extra fields as sent
 
     # -- stream: true -------------------------------------------------------------------------------
     async def _stream(self, request: OpenAIChatRequest) -> None:
@@ -169,21 +170,28 @@ class ChatCompletionsHandler(StreamingHandler):
 
 
 class ModelsHandler(BaseHandler):
-    """`GET /v1/models`: ALLOWED_MODELS, or the one configured model, as OpenAI's model list."""
+    """`GET /v1/models`: the provider's catalogue (cached, filtered by ALLOWED_MODELS) as OpenAI's model list."""
 
     route = "/v1/models"
     error_style = "openai"
     protected = True
 
-    def get(self) -> None:
-        settings = self.gateway.settings
-        models = settings.allowed_models or (settings.model,)
-        self.write(
-            {
-                "object": "list",
-                "data": [{"id": model, "object": "model", "created": 0, "owned_by": model.split("/", 1)[0]} for model in models],
-            }
-        )
+    async def get(self) -> None:
+        self.write({"object": "list", "data": await self.gateway.models.models(self.request_id)})
+
+
+class ModelHandler(BaseHandler):
+    """`GET /v1/models/{id}`: one model of that list (ids hold `/`, sent as is or URL-encoded), else OpenAI's 404."""
+
+    route = "/v1/models/{id}"
+    error_style = "openai"
+    protected = True
+
+    async def get(self, model_id: str) -> None:
+        model = await self.gateway.models.find(model_id, self.request_id)
+        if model is None:
+            raise ApiError(404, "model_not_found", f"The model '{model_id}' does not exist or is not available here", field="model")
+        self.write(model)
 
 
 class OpenAINotFoundHandler(NotFoundHandler):

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse
@@ -35,6 +35,13 @@ _STREAM_MAX_MESSAGE = "stream exceeded STREAM_MAX_SECS"
 _AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE]
 
 EventsConsumer = Callable[[list[SSEEvent]], Awaitable[None] | None]
+
+
+class Completion(NamedTuple):
+    """A non-streaming answer: parsed for the log, and its bytes to relay unchanged."""
+
+    answer: dict[str, Any]
+    body: bytes
 
 
 class UpstreamError(Exception):
@@ -172,8 +179,8 @@ class UpstreamCall:
         """Relay the stream to `consumer` until `[DONE]`; raise `UpstreamError` on any other end."""
         return self._with_retries(lambda model: self._stream_attempt(model, consumer))
 
-    def complete(self) -> Awaitable[dict[str, Any]]:
-        """Non-streaming call: the provider's `chat.completion` JSON."""
+    def complete(self) -> Awaitable[Completion]:
+        """Non-streaming call: the provider's `chat.completion` JSON, parsed and as sent."""
         return self._with_retries(self._complete_attempt)
 
     async def _with_retries(self, attempt: Callable[[str], Awaitable[Any]]) -> Any:
@@ -258,7 +265,7 @@ class UpstreamCall:
             return UpstreamError("upstream_error", "could not connect to the upstream", retryable=True)
         return UpstreamError("upstream_error", "upstream connection closed before the stream finished", self.status, retryable=True)
 
-    async def _complete_attempt(self, model: str) -> dict[str, Any]:
+    async def _complete_attempt(self, model: str) -> Completion:
         self.status = None
         first_byte = self.timeout_at(self._loop.time() + self.settings.first_token_timeout, "no answer within FIRST_TOKEN_TIMEOUT_SECS")
         try:
@@ -277,7 +284,7 @@ class UpstreamCall:
             raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
         if not isinstance(parsed, dict) or "error" in parsed:
             raise error_from_response(502, response.body, response.headers)
-        return parsed
+        return Completion(parsed, response.body)
 
     async def _stream_attempt(self, model: str, consumer: EventsConsumer) -> None:
         attempt = _StreamAttempt(self, consumer)
