@@ -39,6 +39,7 @@ class Scenario:
     send_done: bool = True
     endless_line_bytes: int = 0  # send one line of this many bytes without a newline
     json_body: Any = None  # non-streaming answer body (stream: false)
+    raw_body: bytes | None = None  # non-streaming answer sent as these exact bytes instead of json_body
 
 
 def chunk_json(content: str | None, finish_reason: str | None = None, **extra: Any) -> str:
@@ -54,6 +55,11 @@ class FaultUpstream:
         self.scenarios: list[Scenario] = [Scenario()]
         self.requests: list[dict[str, Any]] = []
         self.closed: list[float] = []  # monotonic times at which the gateway closed a connection mid-answer
+        # GET /models: the body (None: 404), its status, a delay before answering, and the requests seen
+        self.catalogue: Any = None
+        self.catalogue_status = 200
+        self.catalogue_delay = 0.0
+        self.catalogue_requests: list[dict[str, str]] = []
         self.server: HTTPServer | None = None
         self.port = 0
 
@@ -68,7 +74,10 @@ class FaultUpstream:
         sockets = bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self.server = HTTPServer(
-            web.Application([(r"/api/v1/chat/completions", _Handler, {"upstream": self})], log_function=lambda h: None)
+            web.Application(
+                [(r"/api/v1/chat/completions", _Handler, {"upstream": self}), (r"/api/v1/models", _ModelsHandler, {"upstream": self})],
+                log_function=lambda h: None,
+            )
         )
         self.server.add_sockets(sockets)
         return self
@@ -118,7 +127,7 @@ class _Handler(web.RequestHandler):
             return
         if not body.get("stream"):
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(scenario.json_body))
+            self.finish(scenario.raw_body if scenario.raw_body is not None else json.dumps(scenario.json_body))
             return
         self.set_header("Content-Type", "text/event-stream")
         self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
@@ -177,3 +186,19 @@ class _Handler(web.RequestHandler):
         if scenario.send_done:
             await self._send("data: [DONE]\n\n", scenario)
         self.finish()
+
+
+class _ModelsHandler(web.RequestHandler):
+    def initialize(self, upstream: FaultUpstream) -> None:
+        self.upstream = upstream
+
+    async def get(self) -> None:
+        upstream = self.upstream
+        upstream.catalogue_requests.append(dict(self.request.headers))
+        if upstream.catalogue_delay:
+            await asyncio.sleep(upstream.catalogue_delay)
+        if upstream.catalogue is None:
+            raise web.HTTPError(404)
+        self.set_status(upstream.catalogue_status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(upstream.catalogue))
