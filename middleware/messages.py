@@ -19,7 +19,6 @@ from server.config import Settings
 MAX_MESSAGES = 64
 _IMAGE_DATA_URL = re.compile(r"data:image/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/\s]*=*\s*")
 _IMAGE_DETAILS = ("auto", "low", "high")
-_MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 
 
 @dataclass(frozen=True)
@@ -88,16 +87,16 @@ def _check_content(field: str, content: Any, parts: frozenset[str], limit: int, 
     if not content:
         raise invalid(field, f"'{field}' must not be an empty array", "empty_prompt")
     texts: list[str] = []
-    media = False
+    other = False  # a picture, sound, file or refusal: content even without text
     for index, part in enumerate(content):
         kind = _check_part(f"{field}[{index}]", part, parts, limit)
         if kind == "text":
             texts.append(part["text"])
-        media = media or kind in _MEDIA_PARTS
+        other = other or kind != "text"
     text = "".join(texts)
     if len(text) > limit:
         raise invalid(field, f"'{field}' has {len(text)} characters of text; the limit is {limit}", "prompt_too_long")
-    if not text.strip() and not media and not may_be_empty:
+    if not text.strip() and not other and not may_be_empty:
         raise invalid(field, f"'{field}' must not be empty or blank", "empty_prompt")
     return len(text)
 
