@@ -149,8 +149,16 @@ def _user(*parts: Any) -> dict[str, Any]:
     ("body", "param", "code"),
     [
         ({"messages": HELLO, "toolz": []}, "toolz", "unknown_field"),
-        (_user({"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}), "messages[0].content[0].image_url.url", "invalid_url"),
-        (_user({"type": "image_url", "image_url": {"url": "data:text/plain;base64,AA=="}}), "messages[0].content[0].image_url.url", "invalid_url"),
+        (
+            _user({"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}),
+            "messages[0].content[0].image_url.url",
+            "invalid_url",
+        ),
+        (
+            _user({"type": "image_url", "image_url": {"url": "data:text/plain;base64,AA=="}}),
+            "messages[0].content[0].image_url.url",
+            "invalid_url",
+        ),
         (_user({"type": "image_url", "image_url": "https://x.test/a.png"}), "messages[0].content[0].image_url", "invalid_type"),
         (
             _user({"type": "image_url", "image_url": {"url": PIXEL, "detail": "ultra"}}),
@@ -162,7 +170,11 @@ def _user(*parts: Any) -> dict[str, Any]:
         (_user({"type": "text", "text": "a\x00"}), "messages[0].content[0].text", "invalid_characters"),
         (_user({"type": "input_audio", "input_audio": {"data": "AA=="}}), "messages[0].content[0].input_audio.format", "missing_field"),
         (_user({"type": "file", "file": {"filename": "a.pdf"}}), "messages[0].content[0].file", "missing_field"),
-        ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PIXEL}}]}]}, "messages[0].content[0].type", "unsupported_content"),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PIXEL}}]}]},
+            "messages[0].content[0].type",
+            "unsupported_content",
+        ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", "missing_field"),
         ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content", "invalid_type"),
         (
@@ -173,7 +185,11 @@ def _user(*parts: Any) -> dict[str, Any]:
         ({"messages": HELLO, "tools": {"type": "function"}}, "tools", "invalid_type"),
         ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name", "invalid_value"),
         ({"messages": HELLO, "tools": [{"type": "retrieval"}]}, "tools[0].type", "unsupported_value"),
-        ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools[0].function.parameters", "invalid_type"),
+        (
+            {"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+            "tools[0].function.parameters",
+            "invalid_type",
+        ),
         ({"messages": HELLO, "tool_choice": "sometimes"}, "tool_choice", "unsupported_value"),
         ({"messages": HELLO, "tool_choice": {"type": "function"}}, "tool_choice.function", "missing_field"),
         ({"messages": HELLO, "parallel_tool_calls": "yes"}, "parallel_tool_calls", "invalid_type"),
@@ -242,12 +258,18 @@ async def test_chat_done_carries_tool_calls_finish_reason(gateway: RunningGatewa
 @pytest.mark.parametrize(
     ("message", "error_type", "field"),
     [
-        ({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]}, "unsupported_content", "type"),
+        (
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]},
+            "unsupported_content",
+            "type",
+        ),
         ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}, "invalid_url", "image_url.url"),
         ({"role": "tool", "content": "x", "tool_call_id": "c"}, "invalid_role", None),
     ],
 )
-async def test_chat_keeps_its_small_schema(gateway: RunningGateway, upstream: FaultUpstream, message: Any, error_type: str, field: str | None) -> None:
+async def test_chat_keeps_its_small_schema(
+    gateway: RunningGateway, upstream: FaultUpstream, message: Any, error_type: str, field: str | None
+) -> None:
     response = await chat(gateway.port, {"messages": [message]})
     body = api_error(response, 400, error_type)
     if field:
