@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: `POST /v1/chat/completions`, `GET /v1/models`, and OpenAI-shaped 404s under /v1/.
+"""The OpenAI-compatible API: `POST /v1/chat/completions`, `GET /v1/models[/{id}]`, and OpenAI-shaped 404s under /v1/.
 
 Streaming passes the upstream's `chat.completion.chunk` lines through unchanged, in order, as
 `data: {...}\\n\\n`, then `data: [DONE]\\n\\n`. The status line goes out only with the first upstream chunk,
