@@ -28,6 +28,8 @@ setup(
             "hypothesis>=6.100,<7",
             "ruff>=0.6,<1",
             "openai>=1.40,<4",
+            "langchain-openai>=1.0,<2",
+            "pydantic>=2.7,<3",
             "supervisor>=4.2,<5",
             "playwright>=1.45,<2",
         ],

@@ -14,7 +14,7 @@ from typing import Any
 from tornado.web import stream_request_body
 
 from handlers.streaming import ClientGoneError, StreamingHandler
-from middleware.validation import validate_chat
+from middleware.chat_validation import validate_chat
 from server.jsonio import dumps, encode_json_string
 from server.logs import prompt_fields
 from server.sse import SSEEvent
@@ -40,7 +40,7 @@ class ChatHandler(StreamingHandler):
         finally:
             await self.release_stream_slot()
 
-    async def _relay(self, messages: list[dict[str, str]], model: str, options: dict[str, Any], prompt_chars: int) -> None:
+    async def _relay(self, messages: list[dict[str, Any]], model: str, options: dict[str, Any], prompt_chars: int) -> None:
         settings = self.gateway.settings
         request_id = self.request_id
         # the suffix of every content event, built once per stream: the id is [A-Za-z0-9._:-] only

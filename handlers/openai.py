@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: `POST /v1/chat/completions`, `GET /v1/models`, and OpenAI-shaped 404s under /v1/.
+"""The OpenAI-compatible API: `POST /v1/chat/completions`, `GET /v1/models[/{id}]`, and OpenAI-shaped 404s under /v1/.
 
 Streaming passes the upstream's `chat.completion.chunk` lines through unchanged, in order, as
 `data: {...}\\n\\n`, then `data: [DONE]\\n\\n`. The status line goes out only with the first upstream chunk,
@@ -20,7 +20,7 @@ from handlers.streaming import StreamingHandler
 from middleware.errors import ApiError, openai_error_body
 from middleware.openai_validation import OpenAIChatRequest, validate_openai_chat
 from server.completions import summarize_completion
-from server.jsonio import NestingTooDeepError, dumps
+from server.jsonio import dumps
 from server.sse import SSEEvent, encode_data
 from server.upstream import UpstreamCall, UpstreamError, upstream_headers
 
@@ -39,14 +39,6 @@ def error_status(error: UpstreamError) -> int:
 def _usage_only(data: str) -> bool:
     """The final usage chunk (`"choices": []`), which OpenAI sends only to clients that asked for usage."""
     return not json.loads(data).get("choices")
-
-
-def _encode_answer(answer: dict[str, Any], status: int | None) -> bytes:
-    """The provider's answer as strict JSON (a NaN it sent is null); one too deep to encode is the provider's fault."""
-    try:
-        return dumps(answer)
-    except NestingTooDeepError:
-        raise UpstreamError("upstream_error", "upstream answer is nested too deeply", status) from None
 
 
 @stream_request_body
@@ -99,15 +91,14 @@ class ChatCompletionsHandler(StreamingHandler):
         fields: dict[str, Any] = {"model": request.model, "prompt_chars": request.prompt_chars}
         call = self._start_call(dict(request.payload, stream=False), "application/json")
         try:
-            answer = await call.complete()
-            body = _encode_answer(answer, call.status)
+            completion = await call.complete()
         except UpstreamError as error:
             outcome = self.outcome_of(error)
             self.log_outcome(outcome, 0, None, upstream_status=call.status, error_type=error.error_type, **fields)
             if outcome == "client_disconnected":
                 return
             raise self._http_error(error) from None
-        summary = summarize_completion(answer)
+        summary = summarize_completion(completion.answer)
         self.log_outcome(
             "finished",
             0,
@@ -119,7 +110,7 @@ class ChatCompletionsHandler(StreamingHandler):
         )
         self._set_server_timing()
         self.set_header("Content-Type", "application/json")
-        self.finish(body)
+        self.finish(completion.body)  # the provider's bytes (strict JSON): tool calls, logprobs and extra fields as sent
 
     # -- stream: true -------------------------------------------------------------------------------
     async def _stream(self, request: OpenAIChatRequest) -> None:
@@ -182,21 +173,28 @@ class ChatCompletionsHandler(StreamingHandler):
 
 
 class ModelsHandler(BaseHandler):
-    """`GET /v1/models`: ALLOWED_MODELS, or the one configured model, as OpenAI's model list."""
+    """`GET /v1/models`: the provider's catalogue (cached, filtered by ALLOWED_MODELS) as OpenAI's model list."""
 
     route = "/v1/models"
     error_style = "openai"
     protected = True
 
-    def get(self) -> None:
-        settings = self.gateway.settings
-        models = settings.allowed_models or (settings.model,)
-        self.write(
-            {
-                "object": "list",
-                "data": [{"id": model, "object": "model", "created": 0, "owned_by": model.split("/", 1)[0]} for model in models],
-            }
-        )
+    async def get(self) -> None:
+        self.write({"object": "list", "data": await self.gateway.models.models(self.request_id)})
+
+
+class ModelHandler(BaseHandler):
+    """`GET /v1/models/{id}`: one model of that list (ids hold `/`, sent as is or URL-encoded), else OpenAI's 404."""
+
+    route = "/v1/models/{id}"
+    error_style = "openai"
+    protected = True
+
+    async def get(self, model_id: str) -> None:
+        model = await self.gateway.models.find(model_id, self.request_id)
+        if model is None:
+            raise ApiError(404, "model_not_found", f"The model '{model_id}' does not exist or is not available here", field="model")
+        self.write(model)
 
 
 class OpenAINotFoundHandler(NotFoundHandler):

@@ -8,7 +8,7 @@ from handlers.base import NotFoundHandler
 from handlers.chat import ChatHandler
 from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
-from handlers.openai import ChatCompletionsHandler, ModelsHandler, OpenAINotFoundHandler
+from handlers.openai import ChatCompletionsHandler, ModelHandler, ModelsHandler, OpenAINotFoundHandler
 from handlers.web import WEB_ROUTES, web_settings
 from middleware.edge import log_completed
 from server.config import Settings
@@ -22,6 +22,7 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
         (r"/health", HealthHandler),
         (r"/v1/chat/completions", ChatCompletionsHandler),
         (r"/v1/models", ModelsHandler),
+        (r"/v1/models/(.+)", ModelHandler),
         (r"/v1/.*", OpenAINotFoundHandler),
     ]
     if settings.metrics_enabled:

@@ -1,5 +1,7 @@
 """The terminal client: `python run.py chat "prompt"` or `python -m server.client` (prompt from stdin when none given).
 
+`--image PATH` (repeatable) sends pictures with the prompt, as `data:` URLs in an `image_url` part.
+
 It POSTs to `{url}/chat` and writes each `content` event to stdout the moment it arrives. Errors (an
 HTTP error before the stream, an `error` event, a stream cut short, no connection, a timeout) go to
 stderr with the request id, and the exit code is 1. It uses the gateway's own `PooledAsyncHTTPClient`
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import mimetypes
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from tornado import httputil
@@ -119,7 +123,30 @@ class _Reply:
         raise ChatError("the stream ended before the answer was complete", self.request_id)
 
 
-async def stream_chat(url: str, prompt: str, out: TextIO, key: str | None = None, timeout: float = 600.0) -> None:
+def image_data_url(path: str) -> str:
+    """A picture file as a `data:image/...;base64,` URL; ValueError when it is not a picture or cannot be read."""
+    kind, _ = mimetypes.guess_type(path)
+    if not kind or not kind.startswith("image/"):
+        raise ValueError(f"{path} is not a picture (.png, .jpg, .gif, .webp...)")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def chat_body(prompt: str, images: Sequence[str] = ()) -> dict[str, Any]:
+    """/chat's body: the prompt alone, or one user message with the prompt and the pictures (data: URLs)."""
+    if not images:
+        return {"prompt": prompt}
+    parts = [{"type": "text", "text": prompt}, *({"type": "image_url", "image_url": {"url": url}} for url in images)]
+    return {"messages": [{"role": "user", "content": parts}]}
+
+
+async def stream_chat(
+    url: str, prompt: str, out: TextIO, key: str | None = None, timeout: float = 600.0, images: Sequence[str] = ()
+) -> None:
     """Stream the answer to `out`; raise ChatError on any failure (the text received so far stays written).
 
     Raises BrokenPipeError when `out` was closed by its reader; the request is aborted then.
@@ -128,7 +155,7 @@ async def stream_chat(url: str, prompt: str, out: TextIO, key: str | None = None
     if key:
         headers["Authorization"] = f"Bearer {key}"
     client = PooledAsyncHTTPClient(force_instance=True)
-    request = HTTPRequest(url.rstrip("/") + "/chat", method="POST", headers=headers, body=json.dumps({"prompt": prompt}))
+    request = HTTPRequest(url.rstrip("/") + "/chat", method="POST", headers=headers, body=json.dumps(chat_body(prompt, images)))
     reply = _Reply(out, lambda: client.abort(request))
     request.header_callback = reply.on_header
     request.streaming_callback = reply.on_chunk
@@ -167,6 +194,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the gateway's base URL (default {DEFAULT_URL})")
     parser.add_argument("--key", default=None, help="a client key, sent as Authorization: Bearer <key>")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH", help="send this picture with the prompt (repeatable)")
     args = parser.parse_args(argv)
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read().strip()
     if not prompt:
@@ -174,7 +202,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if not args.timeout > 0:
         parser.error("--timeout must be a number of seconds > 0")
     try:
-        asyncio.run(stream_chat(args.url, prompt, sys.stdout, args.key, args.timeout))
+        images = [image_data_url(path) for path in args.image]
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(stream_chat(args.url, prompt, sys.stdout, args.key, args.timeout, images))
     except ChatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

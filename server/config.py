@@ -49,6 +49,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_tokens_limit: int = 32768
     allowed_models: tuple[str, ...] = ()
+    models_cache_secs: float = 300.0  # how long /v1/models serves one copy of the provider's catalogue
     client_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cors_allowed_origins: tuple[str, ...] = ("*",)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -196,6 +197,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MAX_BODY_BYTES": ("max_body_bytes", _number(int, "a number of bytes between 64 and 67108864", 64, 1 << 26)),
     "MAX_TOKENS_LIMIT": ("max_tokens_limit", _count),
     "ALLOWED_MODELS": ("allowed_models", _list),
+    "MODELS_CACHE_SECS": ("models_cache_secs", _number(float, "a number of seconds >= 0", 0, 1e7)),
     "CORS_ALLOWED_ORIGINS": ("cors_allowed_origins", _list),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _count),

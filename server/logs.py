@@ -23,6 +23,7 @@ from typing import IO, Any
 import colorama
 from colorama import Fore, Style
 
+from middleware.messages import content_text
 from server.context import request_id_var
 
 FIELDS = (
@@ -214,9 +215,9 @@ def prompt_fields(log_prompts: bool, messages: Sequence[Mapping[str, Any]], answ
     if not log_prompts:
         return {}
     if len(messages) == 1:
-        prompt = str(messages[0].get("content", ""))
+        prompt = content_text(messages[0].get("content"))
     else:
-        prompt = "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
+        prompt = "\n".join(f"{m.get('role', '')}: {content_text(m.get('content'))}" for m in messages)
     fields = {"prompt": prompt}
     if answer is not None:
         fields["answer"] = answer

@@ -14,6 +14,7 @@ from middleware.redis_store import RedisStore
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
+from server.models import ModelCatalogue
 
 
 class Stoppable(Protocol):
@@ -60,19 +61,22 @@ class Gateway:
     client_keys: ClientKeys
     cors: CorsPolicy
     metrics: Metrics
+    models: ModelCatalogue
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None, limiter: LimiterStore | None = None) -> Gateway:
         metrics = metrics or Metrics()
+        http_client = PooledAsyncHTTPClient(force_instance=True)
         return cls(
             settings=settings,
-            http_client=PooledAsyncHTTPClient(force_instance=True),
+            http_client=http_client,
             limiter=limiter or make_limiter(settings, metrics),
             client_keys=ClientKeys(settings.client_api_keys),
             cors=CorsPolicy(settings.cors_allowed_origins),
             metrics=metrics,
+            models=ModelCatalogue(settings, http_client),
         )
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from tornado import httputil
 from tornado.httpclient import HTTPRequest, HTTPResponse
@@ -27,7 +27,7 @@ from tornado.ioloop import IOLoop
 from server.completions import error_text
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient, RequestAbortedError, StreamingRequest
-from server.jsonio import loads
+from server.jsonio import NestingTooDeepError, decode, dumps, loads
 from server.redact import Redactor, redactor_for
 from server.sse import DONE, EventTooLargeError, LineTooLongError, SSEEvent, SSEParser
 from server.upstream_failures import failure_message
@@ -41,6 +41,13 @@ _STREAM_MAX_MESSAGE = "stream exceeded STREAM_MAX_SECS"
 _AFTER_DONE_GRACE = 1.0  # seconds a provider may take to end its body after [DONE] before its connection is closed
 
 EventsConsumer = Callable[[list[SSEEvent]], Awaitable[None] | None]
+
+
+class Completion(NamedTuple):
+    """A non-streaming answer: parsed for the log, and its bytes to relay unchanged."""
+
+    answer: dict[str, Any]
+    body: bytes
 
 
 class UpstreamError(Exception):
@@ -178,8 +185,8 @@ class UpstreamCall:
         """Relay the stream to `consumer` until `[DONE]`; raise `UpstreamError` on any other end."""
         return self._with_retries(lambda model: self._stream_attempt(model, consumer))
 
-    def complete(self) -> Awaitable[dict[str, Any]]:
-        """Non-streaming call: the provider's `chat.completion` JSON."""
+    def complete(self) -> Awaitable[Completion]:
+        """Non-streaming call: the provider's `chat.completion` JSON, parsed and as sent."""
         return self._with_retries(self._complete_attempt)
 
     async def _with_retries(self, attempt: Callable[[str], Awaitable[Any]]) -> Any:
@@ -270,7 +277,7 @@ class UpstreamCall:
             return UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
         return UpstreamError("upstream_error", failure_message(self._failure, self.status is not None), self.status, retryable=True)
 
-    async def _complete_attempt(self, model: str) -> dict[str, Any]:
+    async def _complete_attempt(self, model: str) -> Completion:
         attempt = _CompleteAttempt(self)
         request = self._request_for(model, streaming_callback=attempt.on_chunk, on_headers=attempt.on_headers)
         return attempt.answer(await attempt.run(request))
@@ -408,17 +415,22 @@ class _CompleteAttempt(_Attempt):
         if not chunk.isspace():  # whitespace a provider sends while it thinks is a keep-alive, not progress
             self._progress()
 
-    def answer(self, response: HTTPResponse | None) -> dict[str, Any]:
+    def answer(self, response: HTTPResponse | None) -> Completion:
         self._raise_unless_answered(response)
         assert response is not None
         body = bytes(self.body)
         try:
-            parsed = loads(body)
+            parsed, strict = decode(body)
         except ValueError:
             raise UpstreamError("upstream_error", "upstream sent a malformed JSON answer", response.code) from None
         if not isinstance(parsed, dict) or "error" in parsed:
             raise error_from_response(502, body, response.headers, self.call.redact)
-        return parsed
+        if strict:  # relayed as sent: tool calls, logprobs and extra fields byte-exact
+            return Completion(parsed, body)
+        try:  # NaN or Infinity in it: the client still gets strict JSON, with null in their place
+            return Completion(parsed, dumps(parsed))
+        except NestingTooDeepError:
+            raise UpstreamError("upstream_error", "upstream answer is nested too deeply", response.code) from None
 
 
 class _StreamAttempt(_Attempt):

@@ -67,6 +67,11 @@ class FaultUpstream:
         self.requests: list[dict[str, Any]] = []
         self.closed: list[float] = []  # monotonic times at which the gateway closed a connection mid-answer
         self.endless_sent = 0  # bytes of endless bodies written so far
+        # GET /models: the body (None: 404), its status, a delay before answering, and the requests seen
+        self.catalogue: Any = None
+        self.catalogue_status = 200
+        self.catalogue_delay = 0.0
+        self.catalogue_requests: list[dict[str, str]] = []
         self.server: HTTPServer | None = None
         self.port = 0
 
@@ -81,7 +86,10 @@ class FaultUpstream:
         sockets = bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self.server = HTTPServer(
-            web.Application([(r"/api/v1/chat/completions", _Handler, {"upstream": self})], log_function=lambda h: None)
+            web.Application(
+                [(r"/api/v1/chat/completions", _Handler, {"upstream": self}), (r"/api/v1/models", _ModelsHandler, {"upstream": self})],
+                log_function=lambda h: None,
+            )
         )
         self.server.add_sockets(sockets)
         return self
@@ -237,3 +245,19 @@ async def raw_upstream(answer: Answer, tls: ssl.SSLContext | None = None) -> Asy
         yield f"{'https' if tls else 'http'}://127.0.0.1:{server.sockets[0].getsockname()[1]}", connections
     finally:
         server.close()
+
+
+class _ModelsHandler(web.RequestHandler):
+    def initialize(self, upstream: FaultUpstream) -> None:
+        self.upstream = upstream
+
+    async def get(self) -> None:
+        upstream = self.upstream
+        upstream.catalogue_requests.append(dict(self.request.headers))
+        if upstream.catalogue_delay:
+            await asyncio.sleep(upstream.catalogue_delay)
+        if upstream.catalogue is None:
+            raise web.HTTPError(404)
+        self.set_status(upstream.catalogue_status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(upstream.catalogue))

@@ -62,7 +62,7 @@ async def test_async_sdk_stream_text_arrives_exactly(gateway: RunningGateway, up
     assert all(chunk.choices for chunk in chunks)  # no usage-only chunk: the client did not ask for usage
 
 
-async def test_upstream_gets_the_upstream_key_usage_request_and_normalised_fields(start_gateway, upstream: FaultUpstream) -> None:
+async def test_upstream_gets_the_upstream_key_usage_request_and_the_fields_as_sent(start_gateway, upstream: FaultUpstream) -> None:
     gateway = start_gateway(CLIENT_API_KEYS="k1")
     async with async_client(gateway, "k1") as client:
         stream = await client.chat.completions.create(
@@ -91,13 +91,13 @@ async def test_upstream_gets_the_upstream_key_usage_request_and_normalised_field
         "model": "vendor/model-a",
         "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": "Hello there"},
+            {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
             {"role": "assistant", "content": "Hi"},
             {"role": "user", "content": "again"},
         ],
         "temperature": 0.5,
         "top_p": 0.9,
-        "max_tokens": 50,
+        "max_completion_tokens": 50,
         "stop": ["END"],
         "presence_penalty": -1,
         "frequency_penalty": 1.5,
@@ -342,14 +342,14 @@ async def test_client_disconnect_cancels_non_streaming_call(gateway: RunningGate
         ({}, "messages", "missing_prompt"),
         ({"messages": []}, "messages", "invalid_type"),
         ({"messages": "hi"}, "messages", "invalid_type"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "invalid_role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_role"),
         ({"messages": [{"role": "user", "content": "  "}]}, "messages[0].content", "empty_prompt"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
         ({"messages": [{"role": "user", "content": []}]}, "messages[0].content", "empty_prompt"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "messages[0].content[0]",
-            "unsupported_content",
+            "messages[0].content[0].image_url.url",
+            "missing_field",
         ),
         ({"messages": [{"role": "user", "content": "x"}] * 65}, "messages", "too_many_messages"),
         ({"messages": HELLO, "model": "nope"}, "model", "invalid_model"),
@@ -373,7 +373,7 @@ async def test_client_disconnect_cancels_non_streaming_call(gateway: RunningGate
         ({"messages": HELLO, "stream": True, "stream_options": {"other": 1}}, "stream_options.other", "unknown_field"),
         ({"messages": HELLO, "stream": True, "stream_options": []}, "stream_options", "invalid_type"),
         ({"messages": HELLO, "n": 2}, "n", "unsupported_value"),
-        ({"messages": HELLO, "logit_bias": {}}, "logit_bias", "unknown_field"),
+        ({"messages": HELLO, "logit_bais": {}}, "logit_bais", "unknown_field"),
     ],
 )
 async def test_validation_errors_are_openai_400s(
@@ -396,10 +396,10 @@ async def test_message_text_limit_is_prompt_length_times_message_cap(start_gatew
     assert response.json()["error"]["code"] == "prompt_too_long"
 
 
-async def test_n_of_one_as_sdks_send_it_is_accepted_and_not_forwarded(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+async def test_n_of_one_as_sdks_send_it_is_accepted_and_forwarded(gateway: RunningGateway, upstream: FaultUpstream) -> None:
     response = await completions(gateway.port, {"messages": HELLO, "stream": True, "n": 1})
     assert response.status == 200
-    assert "n" not in upstream.requests[0]["body"]
+    assert upstream.requests[0]["body"]["n"] == 1
 
 
 async def test_null_optional_fields_mean_not_given(gateway: RunningGateway, upstream: FaultUpstream) -> None:
@@ -452,6 +452,7 @@ async def test_models_lists_allowed_models_via_sdk(start_gateway) -> None:
     async with async_client(gateway, "k1") as client:
         page = await client.models.list()
     assert [(model.id, model.owned_by) for model in page.data] == [
+        ("anthropic/claude-3.5-sonnet", "anthropic"),  # OPENROUTER_MODEL is always allowed, so listed too
         ("openai/gpt-4o-mini", "openai"),
         ("meta-llama/llama-3-8b", "meta-llama"),
     ]

@@ -152,7 +152,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"messages": [{"role": "bot", "content": "x"}]}, "invalid_role", "'messages[0].role' must be one of system, user, assistant"),
     ({"messages": [{"role": "user", "content": "x", "tool": 1}]}, "unknown_field", "unknown field 'messages[0].tool'"),
     ({"messages": [{"role": "user", "content": "x", "name": 7}]}, "invalid_type", "'messages[0].name' must be a string"),
-    ({"messages": [{"role": "user"}]}, "invalid_type", "'messages[0].content' must be a string"),
+    ({"messages": [{"role": "user"}]}, "invalid_type", "'messages[0].content' must be a string or an array of content parts"),
     (
         {"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "\t"}]},
         "empty_prompt",
@@ -216,7 +216,7 @@ async def test_allowed_models(start_gateway, upstream: FaultUpstream) -> None:
     assert upstream.requests[-1]["body"]["model"] == "meta/llama-3"
     refused = await chat(gateway.port, {"prompt": "hi", "model": "anthropic/claude-3-opus"})
     assert api_error(refused, 400, "model_not_allowed")["message"] == (
-        "model 'anthropic/claude-3-opus' is not allowed; allowed: openai/gpt-4o-mini, meta/llama-3"
+        "model 'anthropic/claude-3-opus' is not allowed; allowed: anthropic/claude-3.5-sonnet, openai/gpt-4o-mini, meta/llama-3"
     )
     assert len(upstream.requests) == 1
 
