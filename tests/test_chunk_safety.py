@@ -85,7 +85,7 @@ V1_FIELDS = [
     ({"messages": [{"role": "user", "content": LONE}]}, "messages[0].content"),
     (
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": LONE}]}]},
-        "messages[0].content[1]",
+        "messages[0].content[1].text",
     ),
     ({"messages": [{"role": "user", "content": "x", "name": LONE}]}, "messages[0].name"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": LONE}, "stop"),
@@ -267,9 +267,9 @@ async def test_deep_nesting_is_an_upstream_error_on_chat(gateway: RunningGateway
         (Scenario(status=400, raw_body=DEEP), False, 400),
         (Scenario(raw_lines=[DEEP], send_done=False), True, 502),
         (Scenario(raw_body=DEEP), False, 502),
-        (Scenario(raw_body='{"choices": [], "x": ' + "[" * 1020 + "]" * 1020 + "}"), False, 502),
+        (Scenario(raw_body='{"choices": [], "n": NaN, "x": ' + "[" * 1020 + "]" * 1020 + "}"), False, 502),
     ],
-    ids=["error-body-stream", "error-body", "data-line", "answer", "answer-too-deep-to-encode"],
+    ids=["error-body-stream", "error-body", "data-line", "answer", "non-strict-answer-too-deep-to-re-encode"],
 )
 async def test_deep_nesting_is_an_upstream_error_on_v1(
     gateway: RunningGateway, upstream: FaultUpstream, scenario: Scenario, stream: bool, status: int
