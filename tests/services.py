@@ -317,11 +317,10 @@ class Supervisord(Service):
         text = substitute(
             (DEPLOY / "supervisord.conf").read_text(),
             {
-                "/opt/tornado-ai-stream/.venv/bin/python run.py": f"{sys.executable} run.py --demo",
-                "directory=/opt/tornado-ai-stream": f"directory={ROOT}",
-                "/run/tornado-ai-stream": str(self.workdir),
-                "/var/log/tornado-ai-stream": str(self.workdir),
-                "user=tornado-ai-stream": "",
+                "%(here)s/../.venv/bin/python run.py": f"{sys.executable} run.py --demo",
+                "%(here)s/../var/run": str(self.workdir),
+                "%(here)s/../var/log": str(self.workdir),
+                "directory=%(here)s/..": f"directory={ROOT}",
             },
         )
         self.conf.write_text(text)

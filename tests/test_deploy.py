@@ -10,17 +10,22 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.services import DEPLOY, EventStream, GatewayProcess, Nginx, Supervisord, health, wait_for
+from tests.services import DEPLOY, ROOT, EventStream, GatewayProcess, Nginx, Supervisord, health, wait_for
+
+
+def supervisor_conf() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    parser.read(DEPLOY / "supervisord.conf")
+    return parser
 
 
 def supervisor_program() -> configparser.SectionProxy:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
-    parser.read(DEPLOY / "supervisord.conf")
-    return parser["program:tornado-ai-stream"]
+    return supervisor_conf()["program:tornado-ai-stream"]
 
 
 def nginx_directives() -> dict[str, list[str]]:
@@ -39,6 +44,22 @@ def test_supervisord_program_matches_the_drain_contract() -> None:
     assert program["autorestart"] == "true"
     assert program["stopasgroup"] == "false" and program["killasgroup"] == "true"
     assert program["redirect_stderr"] == "true" and program["stdout_logfile_maxbytes"] == "50MB"
+
+
+def test_supervisord_conf_runs_from_a_checkout_as_is() -> None:
+    """Every path resolves inside this checkout and every directory supervisord writes to ships with it."""
+    conf = supervisor_conf()
+
+    def resolve(value: str) -> Path:
+        return Path(os.path.normpath(value.replace("%(here)s", str(DEPLOY))))
+
+    program = conf["program:tornado-ai-stream"]
+    written = [conf["supervisord"]["logfile"], conf["supervisord"]["pidfile"], conf["unix_http_server"]["file"], program["stdout_logfile"]]
+    for path in written:
+        assert resolve(path).is_relative_to(ROOT) and resolve(path).parent.is_dir(), path
+    assert resolve(program["directory"]) == ROOT
+    assert resolve(program["command"].split()[0]) == ROOT / ".venv" / "bin" / "python"
+    assert "user" not in program  # runs as whoever starts supervisord; the header says when to add user=
 
 
 def test_nginx_site_streams_and_keeps_alive() -> None:
