@@ -91,6 +91,7 @@ class Settings:
     rate_limit_backend: str = "memory"
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     rate_limit_fail_mode: str = "open"
+    stream_slot_ttl: float = 60.0
 
     @property
     def open_relay(self) -> bool:
@@ -233,6 +234,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RATE_LIMIT_BACKEND": ("rate_limit_backend", _choice("memory", "redis")),
     "REDIS_URL": ("redis_url", _redis_url),
     "RATE_LIMIT_FAIL_MODE": ("rate_limit_fail_mode", _choice("open", "closed")),
+    "STREAM_SLOT_TTL_SECS": ("stream_slot_ttl", _number(float, "a number of seconds >= 1", 1, 1e7)),
     "DEMO_DELAY_MS": ("demo_delay", lambda n, raw: _number(float, "a number of milliseconds >= 0", 0, 1e6)(n, raw) / 1000),
 }
 

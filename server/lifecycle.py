@@ -1,8 +1,9 @@
 """Start, signals and drain: what happens between `python run.py` and exit code 0.
 
-SIGTERM or SIGINT: stop accepting, answer /health with 503 on connections still open, let streams
-finish for up to SHUTDOWN_TIMEOUT_SECS, end the rest with a `server_shutdown` error, close upstream
-sockets, exit 0. A second signal exits at once.
+SIGTERM or SIGINT: stop accepting, answer /health with 503 on connections still open (every answer then
+says `Connection: close`, so a proxy stops reusing them), let streams finish for up to
+SHUTDOWN_TIMEOUT_SECS, end the rest with a `server_shutdown` error, close upstream sockets, exit 0.
+A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class LoopLagMonitor:
 
 async def drain(server: GatewayServer, gateway: Gateway) -> None:
     gateway.draining = True
+    server.conn_params.no_keep_alive = True  # every answer from now on says `Connection: close`: proxies move on
     server.stop()
     timeout = gateway.settings.shutdown_timeout
     log.warning("shutting down: waiting up to %gs for %d streams", timeout, len(gateway.streams))

@@ -86,7 +86,7 @@ def make_limiter(settings: Settings, metrics: Metrics) -> LimiterStore:
         return RedisStore.from_url(
             settings.redis_url,
             fail_open=settings.rate_limit_fail_mode == "open",
-            stream_ttl=settings.stream_max + settings.shutdown_timeout + 60,
+            stream_ttl=settings.stream_slot_ttl,
             on_error=metrics.rate_limit_store_errors.inc,
         )
     return MemoryStore()

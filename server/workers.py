@@ -6,6 +6,10 @@ connection after the fork. A worker that dies is replaced. SIGTERM or SIGINT to 
 SIGTERM per worker and each drains exactly as a single process does; a second signal makes them exit
 at once. The parent exits 0 once every worker has drained and exited 0, and removes the metrics directory.
 
+A parent killed with -9 cannot forward anything, so each worker asks the kernel to SIGKILL it when its
+parent dies (PR_SET_PDEATHSIG): orphans would keep the port bound and a restarted parent would fail with
+EADDRINUSE forever. The metrics directory a killed parent leaves behind is removed by the next start.
+
 Tornado's `fork_processes` also restarts children, but it neither forwards signals nor reports a drain,
 so this is a small fork loop of its own, driven by `sigwaitinfo` (no handlers, no races).
 """
@@ -13,6 +17,7 @@ so this is a small fork loop of its own, driven by `sigwaitinfo` (no handlers, n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -21,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from prometheus_client import multiprocess, values
@@ -34,6 +40,8 @@ log = logging.getLogger("gateway.workers")
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _CRASH_LOOP_SECS = 1.0  # a worker that dies sooner than this after its start is replaced after this pause
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_METRICS_PREFIX = "tornado-ai-stream-metrics-"
 
 
 def worker_count(settings: Settings) -> int:
@@ -66,15 +74,17 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def spawn(self) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._work()
+            self._work(parent)
         self.workers[pid] = time.monotonic()
 
-    def _work(self) -> NoReturn:
+    def _work(self, parent: int) -> NoReturn:
         """The child: serve until drained, then leave without running the parent's cleanup."""
         code = 1
         try:
+            die_with_parent(parent)
             signal.pthread_sigmask(signal.SIG_SETMASK, self._child_mask)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns SIGINT into SIGTERM
             run(serve(self.settings, self.sockets, worker=True))
@@ -116,9 +126,40 @@ class Supervisor:
             self.spawn()
 
 
+def die_with_parent(parent: int) -> None:
+    """In a new worker: have the kernel SIGKILL this process the moment `parent` dies (Linux prctl)."""
+    try:
+        watched = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        watched = False
+    if not watched:
+        log.warning("prctl(PR_SET_PDEATHSIG) is unavailable: a worker outlives a parent killed with -9")
+    if os.getppid() != parent:  # the parent died between fork and prctl: no signal will come
+        os._exit(1)
+
+
+def _remove_orphaned_metrics_dirs() -> None:
+    """Metrics directories whose parent (its pid is in the name) is gone: left by a parent killed with -9."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
+        pid = path.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def _use_multiprocess_metrics() -> str:
     """Every worker writes its metrics to files in one directory; /metrics sums them."""
-    path = tempfile.mkdtemp(prefix="tornado-ai-stream-metrics-")
+    _remove_orphaned_metrics_dirs()
+    path = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROC_ENV] = path
     values.ValueClass = values.get_value_class()  # chosen at import time; the workers create their metrics after this
     return path

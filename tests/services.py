@@ -268,18 +268,18 @@ class GatewayProcess(Service):
 
 
 class Nginx(Service):
-    """nginx (daemon off) with deploy/nginx.conf included, proxying to `upstream_port`."""
+    """nginx (daemon off) with deploy/nginx.conf included, proxying to the gateways on `upstream_ports`."""
 
-    def __init__(self, workdir: Path, upstream_port: int) -> None:
+    def __init__(self, workdir: Path, *upstream_ports: int) -> None:
         super().__init__("nginx", workdir)
         self.port = free_port()
-        self.upstream_port = upstream_port
+        self.upstream_ports = upstream_ports
 
     def start(self) -> Nginx:
-        site = substitute(
-            (DEPLOY / "nginx.conf").read_text(),
-            {"server 127.0.0.1:8080": f"server 127.0.0.1:{self.upstream_port}", "listen 80;": f"listen 127.0.0.1:{self.port};"},
-        )
+        text = (DEPLOY / "nginx.conf").read_text()
+        server_line = next(line for line in text.splitlines() if "server 127.0.0.1:8080" in line)
+        servers = "\n".join(server_line.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for port in self.upstream_ports)
+        site = substitute(text, {server_line: servers, "listen 80;": f"listen 127.0.0.1:{self.port};"})
         (self.workdir / "site.conf").write_text(site)
         temp = self.workdir / "nginx-temp"
         temp.mkdir(exist_ok=True)
@@ -317,11 +317,10 @@ class Supervisord(Service):
         text = substitute(
             (DEPLOY / "supervisord.conf").read_text(),
             {
-                "/opt/tornado-ai-stream/.venv/bin/python run.py": f"{sys.executable} run.py --demo",
-                "directory=/opt/tornado-ai-stream": f"directory={ROOT}",
-                "/run/tornado-ai-stream": str(self.workdir),
-                "/var/log/tornado-ai-stream": str(self.workdir),
-                "user=tornado-ai-stream": "",
+                "%(here)s/../.venv/bin/python run.py": f"{sys.executable} run.py --demo",
+                "%(here)s/../var/run": str(self.workdir),
+                "%(here)s/../var/log": str(self.workdir),
+                "directory=%(here)s/..": f"directory={ROOT}",
             },
         )
         self.conf.write_text(text)

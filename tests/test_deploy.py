@@ -1,26 +1,34 @@
 """deploy/: the gateway under supervisord (health, graceful stop, restart after kill -9) and behind nginx
-(tokens pass through unbuffered), each run from the shipped file with only paths and ports substituted."""
+(tokens pass through unbuffered, slow first tokens are not cut, a rolling restart loses no request), each run
+from the shipped file with only paths and ports substituted."""
 
 from __future__ import annotations
 
 import configparser
+import http.client
 import itertools
 import os
 import re
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.services import DEPLOY, EventStream, GatewayProcess, Nginx, Supervisord, health, wait_for
+from server.config import load_settings
+from tests.services import DEPLOY, ROOT, EventStream, GatewayProcess, Nginx, Supervisord, health, http_request, wait_for
+
+
+def supervisor_conf() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    parser.read(DEPLOY / "supervisord.conf")
+    return parser
 
 
 def supervisor_program() -> configparser.SectionProxy:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
-    parser.read(DEPLOY / "supervisord.conf")
-    return parser["program:tornado-ai-stream"]
+    return supervisor_conf()["program:tornado-ai-stream"]
 
 
 def nginx_directives() -> dict[str, list[str]]:
@@ -41,6 +49,22 @@ def test_supervisord_program_matches_the_drain_contract() -> None:
     assert program["redirect_stderr"] == "true" and program["stdout_logfile_maxbytes"] == "50MB"
 
 
+def test_supervisord_conf_runs_from_a_checkout_as_is() -> None:
+    """Every path resolves inside this checkout and every directory supervisord writes to ships with it."""
+    conf = supervisor_conf()
+
+    def resolve(value: str) -> Path:
+        return Path(os.path.normpath(value.replace("%(here)s", str(DEPLOY))))
+
+    program = conf["program:tornado-ai-stream"]
+    written = [conf["supervisord"]["logfile"], conf["supervisord"]["pidfile"], conf["unix_http_server"]["file"], program["stdout_logfile"]]
+    for path in written:
+        assert resolve(path).is_relative_to(ROOT) and resolve(path).parent.is_dir(), path
+    assert resolve(program["directory"]) == ROOT
+    assert resolve(program["command"].split()[0]) == ROOT / ".venv" / "bin" / "python"
+    assert "user" not in program  # runs as whoever starts supervisord; the header says when to add user=
+
+
 def test_nginx_site_streams_and_keeps_alive() -> None:
     site = nginx_directives()
     assert site["proxy_buffering"] == ["off"]
@@ -49,7 +73,42 @@ def test_nginx_site_streams_and_keeps_alive() -> None:
     assert "X-Forwarded-For $proxy_add_x_forwarded_for" in site["proxy_set_header"]
     assert int(site["proxy_read_timeout"][0].rstrip("s")) > 15  # HEARTBEAT_SECS default
     assert site["keepalive"] == ["64"]
+    assert set(site["proxy_next_upstream"][0].split()) >= {"error", "http_503", "non_idempotent"}  # a draining gateway's 503
     assert "TRUSTED_PROXIES" in (DEPLOY / "nginx.conf").read_text()
+
+
+def test_nginx_waits_as_long_as_the_gateway_may_be_silent() -> None:
+    """A /v1 answer sends nothing until its first token (streamed) or its end (not streamed), at most
+    STREAM_MAX_SECS after the call starts; nginx must not answer its own 504 before the gateway does."""
+    defaults = load_settings({"OPENROUTER_API_KEY": "k"})
+    read_timeout = int(nginx_directives()["proxy_read_timeout"][0].rstrip("s"))
+    assert read_timeout > max(defaults.first_token_timeout, defaults.stream_max)
+
+
+def test_a_rolling_restart_behind_nginx_loses_no_request(spawn: Callable[..., Any]) -> None:
+    draining = spawn(GatewayProcess, name="a", DEMO_DELAY_MS="200", SHUTDOWN_TIMEOUT_SECS="30")
+    serving = spawn(GatewayProcess, name="b")
+    proxy = spawn(Nginx, draining.port, serving.port)
+    for _ in range(6):  # nginx now keeps idle connections to both gateways
+        assert http_request(proxy.port, "GET", "/health").status == 200
+    kept = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=10)
+    kept.request("GET", "/health")
+    kept.getresponse().read()
+    held = EventStream(draining.port)  # keeps the drain going for the whole test
+    assert held.next_event() is not None
+
+    draining.signal(signal.SIGTERM)
+    draining.wait_for_log(lambda record: record["msg"].startswith("shutting down"))
+    kept.request("GET", "/health")
+    refused = kept.getresponse()
+    refused.read()
+    assert refused.status == 503 and refused.getheader("Connection") == "close"  # nginx will not reuse it
+    kept.close()
+
+    answers = [http_request(proxy.port, "POST", "/chat", {"prompt": f"hi {i}"}) for i in range(20)]
+    assert [a.status for a in answers] == [200] * 20, [a.body[:200] for a in answers if a.status != 200]
+    assert all(a.events[-1]["type"] == "done" for a in answers)
+    held.close()
 
 
 def test_tokens_arrive_through_nginx_as_they_are_produced(spawn: Callable[..., Any]) -> None:

@@ -4,7 +4,10 @@ keys that expire; fail-open and fail-closed outages that log once, count, and he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -84,6 +87,77 @@ async def test_stream_slots_are_shared_and_released(stores: Callable[..., RedisS
     assert await first.acquire_stream(CLIENT, 2)
 
 
+@contextlib.contextmanager
+def hung(redis_server: RedisServer) -> Iterator[None]:
+    """SIGSTOP: the port still accepts connections but nothing answers, as behind a network black hole."""
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+
+
+async def decide(store: RedisStore) -> None:
+    """One request's two decisions (rate, then stream slot); a fail-closed 503 counts as decided."""
+    with contextlib.suppress(ApiError):
+        await store.take(CLIENT, 100, 100)
+        if await store.acquire_stream(CLIENT, 100):
+            await store.release_stream(CLIENT)
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_hung_redis_costs_one_timeout_then_milliseconds(
+    stores: Callable[..., RedisStore], redis_server: RedisServer, fail_open: bool
+) -> None:
+    store = stores(fail_open=fail_open)  # the default retry pause: 1 s
+    await decide(store)  # connected
+    with hung(redis_server):
+        started = time.monotonic()
+        await decide(store)  # the one request that waits for the socket timeout
+        assert time.monotonic() - started < 3.0
+        started = time.monotonic()
+        for _ in range(20):
+            await decide(store)
+        assert time.monotonic() - started < 20 * 0.010  # the rest skip Redis until the pause ends
+
+
+async def test_a_slot_whose_release_was_lost_expires_though_the_client_keeps_streaming(
+    stores: Callable[..., RedisStore], redis_server: RedisServer
+) -> None:
+    # A TTL longer than the hang: Redis's clock runs on while it is stopped.
+    holder, other = stores(stream_ttl=3, retry_interval=5), stores(stream_ttl=3)
+    assert await holder.acquire_stream(CLIENT, 2)
+    with hung(redis_server):
+        await holder.take(CLIENT, 100, 100)  # times out: the holder pauses Redis calls
+        await holder.release_stream(CLIENT)  # during the pause: never sent, Redis still counts the slot
+
+    async def two_at_once() -> bool:
+        """Short streams keep coming from the same client; once the lost slot is gone, two fit at once."""
+        taken = [await other.acquire_stream(CLIENT, 2) for _ in range(2)]
+        for _ in range(sum(taken)):
+            await other.release_stream(CLIENT)
+        return all(taken)
+
+    await wait_async(two_at_once, "the lost slot to expire", timeout=10.0)
+
+
+async def test_a_live_stream_keeps_its_slot_past_the_ttl(stores: Callable[..., RedisStore], redis_server: RedisServer) -> None:
+    holder, other = stores(stream_ttl=1), stores(stream_ttl=1)
+    assert await holder.acquire_stream(CLIENT, 1)
+    async with Redis.from_url(redis_server.url) as probe:
+        key = f"tas:streams:{CLIENT}"
+        [(slot, first_expiry)] = await probe.zrange(key, 0, -1, withscores=True)
+
+        async def refreshed_past_first_expiry() -> bool:
+            score = await probe.zscore(key, slot)
+            return score is not None and score > first_expiry + 1000
+
+        await wait_async(refreshed_past_first_expiry, "the holder to refresh its slot")
+        assert not await other.acquire_stream(CLIENT, 1)
+    await holder.release_stream(CLIENT)
+    assert await other.acquire_stream(CLIENT, 1)
+
+
 async def test_outage_fails_open_logs_once_counts_and_recovers(
     stores: Callable[..., RedisStore], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -128,8 +202,14 @@ async def test_gateway_with_redis_backend_limits_and_fails_closed(
     start_gateway: Callable[..., RunningGateway], redis_server: RedisServer
 ) -> None:
     running = start_gateway(
-        RATE_LIMIT_BACKEND="redis", REDIS_URL=redis_server.url, RATE_LIMIT="0.01", RATE_LIMIT_BURST="2", RATE_LIMIT_FAIL_MODE="closed"
+        RATE_LIMIT_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        RATE_LIMIT="0.01",
+        RATE_LIMIT_BURST="2",
+        RATE_LIMIT_FAIL_MODE="closed",
+        STREAM_SLOT_TTL_SECS="5",
     )
+    assert running.gateway.limiter.stream_ttl == 5  # type: ignore[attr-defined]
     try:
         answers = [await chat(running.port, {"prompt": "hi"}) for _ in range(3)]
         assert [a.status for a in answers] == [200, 200, 429], [a.body for a in answers]
@@ -186,6 +266,7 @@ def test_two_gateways_share_one_budget_and_ride_out_a_redis_outage(redis_server:
     [
         ("RATE_LIMIT_BACKEND", "memcached", "RATE_LIMIT_BACKEND must be one of memory|redis (got 'memcached')"),
         ("RATE_LIMIT_FAIL_MODE", "maybe", "RATE_LIMIT_FAIL_MODE must be one of open|closed (got 'maybe')"),
+        ("STREAM_SLOT_TTL_SECS", "0.5", "STREAM_SLOT_TTL_SECS must be a number of seconds >= 1 (got '0.5')"),
         (
             "REDIS_URL",
             "http://:secret@cache:6379",

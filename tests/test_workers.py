@@ -1,5 +1,6 @@
 """WORKERS=2: `python run.py` pre-forks two workers on one socket; both serve, metrics add up across them,
-SIGTERM drains both and exits 0, and a worker killed with -9 is replaced."""
+SIGTERM drains both and exits 0, a worker killed with -9 is replaced, and a parent killed with -9 takes its
+workers along, so supervisord's restart gets the port back."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.config import ConfigError, load_settings
 from server.workers import worker_count
-from tests.services import EventStream, GatewayProcess, health, metric, wait_for
+from tests.services import EventStream, GatewayProcess, Supervisord, health, metric, wait_for
 
 HEALTH_OK = 'http_requests_total{method="GET",route="/health",status="200"}'
 
 
-def worker_pids(gateway: GatewayProcess, want: int = 2) -> tuple[set[int], int]:
+def worker_pids(gateway: GatewayProcess | Supervisord, want: int = 2) -> tuple[set[int], int]:
     """Ask /health on fresh connections until `want` distinct workers answered; also how many asks it took."""
     pids: set[int] = set()
     asked = 0
@@ -90,6 +92,34 @@ def test_a_killed_worker_is_replaced(spawn: Callable[..., Any]) -> None:
     assert victim not in survivors and len(survivors & pids) == 1
     gateway.signal(signal.SIGTERM)
     assert gateway.wait(10) == 0
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may be slow)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_killed_parent_takes_its_workers_along_and_supervisord_brings_it_back(spawn: Callable[..., Any], tmp_path: Path) -> None:
+    supervisor = spawn(Supervisord, WORKERS="2", TMPDIR=str(tmp_path))
+    parent = supervisor.gateway_pid()
+    workers, _ = worker_pids(supervisor)
+    [metrics_dir] = tmp_path.glob("tornado-ai-stream-metrics-*")
+
+    os.kill(parent, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: not any(running(pid) for pid in workers), "the orphaned workers to exit", timeout=10)
+    assert time.monotonic() - killed_at < 2.0 + 1.0  # within 2 s, plus a margin for a loaded machine
+
+    wait_for(lambda: supervisor.status() == "RUNNING" and supervisor.gateway_pid() != parent, "supervisord to restart the gateway", 20)
+    new_workers, _ = worker_pids(supervisor)
+    assert not new_workers & workers
+    assert supervisor.status() == "RUNNING"  # not BACKOFF: the port was free
+    assert not metrics_dir.exists()  # the killed parent's metrics directory is gone
+    assert len(list(tmp_path.glob("tornado-ai-stream-metrics-*"))) == 1
 
 
 def test_workers_setting() -> None:
