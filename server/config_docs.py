@@ -43,7 +43,7 @@ def settings_tables() -> str:
     sections: list[str] = []
     for variable in VARIABLES:
         if variable.heading:
-            sections.append(f"### {variable.heading}\n\n| variable | default | meaning |\n|---|---|---|")
+            sections.append(f"## {variable.heading}\n\n| variable | default | meaning |\n|---|---|---|")
         default = f"`{variable.written_default}`" if variable.written_default else "—"
         meaning = variable.help.replace("|", r"\|")  # a pipe would end the cell
         sections[-1] += f"\n| `{variable.name}` | {default} | {meaning} |"
