@@ -154,6 +154,7 @@ class Variable:
 
 
 def _written(value: object) -> str:
+    """How `.env` spells a value: true/false, 10 rather than 10.0, comma lists."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
