@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server nginx chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench screenshot clean system-deps
+.PHONY: run test lint docs bench screenshot clean system-deps
 
 $(BIN)/activate: setup.py requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(BIN)/activate system-deps
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check .
+
+# .env.example and docs/configuration.md's tables, from the settings' definitions in server/config.py
+docs: $(BIN)/activate
+	$(BIN)/python -m server.config_docs
 
 bench: $(BIN)/activate
 	$(BIN)/python -m bench

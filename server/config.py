@@ -1,6 +1,8 @@
-"""Settings: the one place that reads the environment.
+"""Settings: the one place that reads the environment, and the one definition of every variable.
 
-`load_settings()` loads `.env` (the real environment wins), validates every value and returns one frozen
+Each `Settings` field names its variable, default, parser and help in one `setting(...)` line; loading,
+`.env.example` and docs/configuration.md (written by `make docs`, see server/config_docs.py) all derive from
+it. `load_settings()` loads `.env` (the real environment wins), validates every value and returns one frozen
 `Settings`. A bad value raises `ConfigError` naming the variable and the expected form; `run.py` turns
 that into one line on stderr and exit code 2, so a typo never starts a half-configured gateway.
 """
@@ -11,14 +13,15 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 T = TypeVar("T")
+Parser = Callable[[str, str], Any]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -30,73 +33,6 @@ class ConfigError(ValueError):
         shown = "" if got is None else f" (got {got!r})"
         super().__init__(f"{variable} must be {expected}{shown}")
         self.variable = variable
-
-
-@dataclass(frozen=True)
-class Settings:
-    api_key: str = field(default="", repr=False)
-    base_url: str = "https://openrouter.ai/api/v1"
-    model: str = "anthropic/claude-3.5-sonnet"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    demo: bool = False
-    app_url: str = ""
-    app_title: str = ""
-    # edge
-    rate_limit: float = 10.0
-    rate_limit_burst: float = 10.0
-    max_prompt_length: int = 4000
-    max_body_bytes: int = 64 * 1024
-    max_tokens_limit: int = 32768
-    allowed_models: tuple[str, ...] = ()
-    models_cache_secs: float = 300.0  # how long /v1/models serves one copy of the provider's catalogue
-    client_api_keys: tuple[str, ...] = field(default=(), repr=False)
-    cors_allowed_origins: tuple[str, ...] = ("*",)
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    max_streams_per_client: int = 8
-    max_concurrent_streams: int = 1000
-    hsts_enabled: bool = True
-    hsts_max_age: int = 31536000
-    # server timeouts (seconds)
-    read_timeout: float = 15.0
-    write_timeout: float = 15.0
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    max_connections: int | None = None  # None: derived from the NOFILE limit (server/listener.py)
-    shutdown_timeout: float = 30.0
-    # upstream resilience (seconds)
-    upstream_connect_timeout: float = 10.0
-    first_token_timeout: float = 120.0
-    upstream_idle_timeout: float = 60.0
-    stream_max: float = 600.0
-    heartbeat: float = 15.0
-    upstream_retries: int = 2
-    retry_max_wait: float = 5.0
-    fallback_models: tuple[str, ...] = ()
-    max_upstream_line_bytes: int = 1024 * 1024
-    max_upstream_event_bytes: int = 1024 * 1024
-    max_upstream_body_bytes: int = 8 * 1024 * 1024
-    # observability
-    log_format: str = "auto"
-    log_color: str = "auto"
-    log_level: str = "INFO"
-    log_prompts: bool = False
-    no_color: bool = False
-    metrics_enabled: bool = True
-    metrics_token: str = field(default="", repr=False)
-    web_ui_enabled: bool = True
-    demo_delay: float = 0.03
-    # scale-out
-    workers: int = 1
-    rate_limit_backend: str = "memory"
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
-    rate_limit_fail_mode: str = "open"
-    stream_slot_ttl: float = 60.0
-
-    @property
-    def open_relay(self) -> bool:
-        """True when anyone who can reach the port can spend the upstream key."""
-        return not self.client_api_keys and self.host not in LOOPBACK_HOSTS
 
 
 def _number(parse: Callable[[str], T], expected: str, low: float, high: float) -> Callable[[str, str], T]:
@@ -181,72 +117,251 @@ def _redis_url(name: str, raw: str) -> str:
 
 
 _seconds = _number(float, "a number of seconds > 0", 0.001, 1e7)
+_seconds_or_zero = _number(float, "a number of seconds >= 0", 0, 1e7)
 _count = _number(int, "a whole number >= 1", 1, 1 << 40)
 
-# variable -> (Settings field, converter). Order is the order of `.env.example`.
-_VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "OPENROUTER_API_KEY": ("api_key", _text),
-    "OPENROUTER_BASE_URL": ("base_url", _url),
-    "OPENROUTER_MODEL": ("model", _text),
-    "HOST": ("host", _text),
-    "PORT": ("port", _port),
-    "APP_URL": ("app_url", _text),
-    "APP_TITLE": ("app_title", _text),
-    "RATE_LIMIT": ("rate_limit", _number(float, "a number of requests/second > 0 such as 10 or 0.5", 1e-6, 1e9)),
-    "RATE_LIMIT_BURST": ("rate_limit_burst", _number(float, "a number >= 1", 1, 1e9)),
-    "MAX_PROMPT_LENGTH": ("max_prompt_length", _count),
-    "MAX_BODY_BYTES": ("max_body_bytes", _number(int, "a number of bytes between 64 and 67108864", 64, 1 << 26)),
-    "MAX_TOKENS_LIMIT": ("max_tokens_limit", _count),
-    "ALLOWED_MODELS": ("allowed_models", _list),
-    "MODELS_CACHE_SECS": ("models_cache_secs", _number(float, "a number of seconds >= 0", 0, 1e7)),
-    "CORS_ALLOWED_ORIGINS": ("cors_allowed_origins", _list),
-    "TRUSTED_PROXIES": ("trusted_proxies", _networks),
-    "MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _count),
-    "MAX_CONCURRENT_STREAMS": ("max_concurrent_streams", _count),
-    "HSTS_ENABLED": ("hsts_enabled", _bool),
-    "HSTS_MAX_AGE": ("hsts_max_age", _number(int, "a number of seconds >= 0", 0, 1 << 31)),
-    "READ_TIMEOUT_SECS": ("read_timeout", _seconds),
-    "WRITE_TIMEOUT_SECS": ("write_timeout", _seconds),
-    "IDLE_TIMEOUT_SECS": ("idle_timeout", _seconds),
-    "HEADER_TIMEOUT_SECS": ("header_timeout", _seconds),
-    "MAX_CONNECTIONS": ("max_connections", _count),
-    "SHUTDOWN_TIMEOUT_SECS": ("shutdown_timeout", _number(float, "a number of seconds >= 0", 0, 1e7)),
-    "UPSTREAM_CONNECT_TIMEOUT_SECS": ("upstream_connect_timeout", _seconds),
-    "FIRST_TOKEN_TIMEOUT_SECS": ("first_token_timeout", _seconds),
-    "UPSTREAM_IDLE_TIMEOUT_SECS": ("upstream_idle_timeout", _seconds),
-    "STREAM_MAX_SECS": ("stream_max", _seconds),
-    "HEARTBEAT_SECS": ("heartbeat", _seconds),
-    "UPSTREAM_RETRIES": ("upstream_retries", _number(int, "a whole number 0-10", 0, 10)),
-    "RETRY_MAX_WAIT_SECS": ("retry_max_wait", _number(float, "a number of seconds >= 0", 0, 3600)),
-    "FALLBACK_MODELS": ("fallback_models", _list),
-    "MAX_UPSTREAM_LINE_BYTES": ("max_upstream_line_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
-    "MAX_UPSTREAM_EVENT_BYTES": ("max_upstream_event_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
-    "MAX_UPSTREAM_BODY_BYTES": ("max_upstream_body_bytes", _number(int, "a number of bytes >= 1024", 1024, 1 << 30)),
-    "LOG_FORMAT": ("log_format", _choice("auto", "console", "json")),
-    "LOG_COLOR": ("log_color", _choice("auto", "always", "never")),
-    "LOG_LEVEL": ("log_level", _log_level),
-    "LOG_PROMPTS": ("log_prompts", _bool),
-    "NO_COLOR": ("no_color", _present),
-    "METRICS_ENABLED": ("metrics_enabled", _bool),
-    "METRICS_TOKEN": ("metrics_token", _text),
-    "WEB_UI_ENABLED": ("web_ui_enabled", _bool),
-    "WORKERS": ("workers", _number(int, "a whole number of processes >= 0 (0 = one per core)", 0, 1024)),
-    "RATE_LIMIT_BACKEND": ("rate_limit_backend", _choice("memory", "redis")),
-    "REDIS_URL": ("redis_url", _redis_url),
-    "RATE_LIMIT_FAIL_MODE": ("rate_limit_fail_mode", _choice("open", "closed")),
-    "STREAM_SLOT_TTL_SECS": ("stream_slot_ttl", _number(float, "a number of seconds >= 1", 1, 1e7)),
-    "DEMO_DELAY_MS": ("demo_delay", lambda n, raw: _number(float, "a number of milliseconds >= 0", 0, 1e6)(n, raw) / 1000),
-}
+
+def _milliseconds(name: str, raw: str) -> float:
+    """Milliseconds in the environment, seconds in `Settings`."""
+    return _number(float, "a number of milliseconds >= 0", 0, 1e6)(name, raw) / 1000
+
+
+def _keys_file(name: str, raw: str) -> tuple[str, ...]:
+    """The keys of a file, one a line; blank lines and `#` comments are skipped."""
+    try:
+        lines = Path(raw.strip()).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(name, f"a readable file with one key a line ({exc.strerror})") from None
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable as loaded and documented: derived from its `Settings` field."""
+
+    name: str
+    field: str
+    default: object
+    parse: Parser
+    help: str
+    heading: str | None = None  # starts a section of `.env.example` and of the docs table
+    example: str | None = None  # what `.env.example` writes when the default is not written as itself
+
+    @property
+    def written_default(self) -> str:
+        """The default as one would write it in `.env` ("" = unset)."""
+        return self.example if self.example is not None else _written(self.default)
+
+
+def _written(value: object) -> str:
+    """How `.env` spells a value: true/false, 10 rather than 10.0, comma lists."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_written(item) for item in value)
+    return str(value)
+
+
+def setting(
+    variable: str, default: T, parse: Parser, help: str, *, heading: str | None = None, example: str | None = None, secret: bool = False
+) -> T:
+    """A `Settings` field read from `variable`; `secret` keeps it out of `repr` (and so out of logs)."""
+    spec = {"name": variable, "parse": parse, "help": help, "heading": heading, "example": example}
+    return field(default=default, repr=not secret, metadata={"variable": spec})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting; each `setting(...)` line is the one definition of its variable (section, default, parser, help)."""
+
+    demo: bool = False  # the `--demo` flag, not a variable
+
+    api_key: str = setting(
+        "OPENROUTER_API_KEY", "", _text, "upstream key; required unless you start with `--demo`; never logged, never echoed",
+        heading="Upstream", secret=True,
+    )
+    base_url: str = setting(
+        "OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1", _url, "any OpenAI-compatible base URL, e.g. `http://localhost:11434/v1`",
+    )
+    model: str = setting("OPENROUTER_MODEL", "anthropic/claude-3.5-sonnet", _text, "default model (`vendor/name`)")
+    app_url: str = setting("APP_URL", "", _text, "sent upstream as `HTTP-Referer` when set")
+    app_title: str = setting("APP_TITLE", "", _text, "sent upstream as `X-Title` when set")
+
+    host: str = setting("HOST", "127.0.0.1", _text, "listen address", heading="Server")
+    port: int = setting("PORT", 8080, _port, "listen port; the Go seed's `:8080` form works too")
+    read_timeout: float = setting("READ_TIMEOUT_SECS", 15.0, _seconds, "seconds to receive a request body")
+    write_timeout: float = setting(
+        "WRITE_TIMEOUT_SECS", 15.0, _seconds,
+        "seconds a single flush may stall (client not reading) before the client counts as gone; never cuts a healthy stream",
+    )
+    idle_timeout: float = setting("IDLE_TIMEOUT_SECS", 60.0, _seconds, "seconds a keep-alive connection may idle before it is closed")
+    header_timeout: float = setting(
+        "HEADER_TIMEOUT_SECS", 10.0, _seconds,
+        "seconds a new connection gets to send its first request head; a silent or dribbling client is closed then",
+    )
+    max_connections: int | None = setting(
+        "MAX_CONNECTIONS", None, _count,
+        "open client connections per process; past it a new one is closed at once; empty = (soft NOFILE limit - 64) // 2",
+        example="",
+    )
+    shutdown_timeout: float = setting(
+        "SHUTDOWN_TIMEOUT_SECS", 30.0, _seconds_or_zero, "seconds open streams get to finish after SIGTERM/SIGINT",
+    )
+    web_ui_enabled: bool = setting(
+        "WEB_UI_ENABLED", True, _bool, "`false` turns off the chat page: `/` and `/static/*` answer the JSON 404",
+    )
+
+    listed_client_keys: tuple[str, ...] = setting(
+        "CLIENT_API_KEYS", (), _list,
+        "comma list of keys clients must send as `Authorization: Bearer <key>` on `/chat` and `/v1/*`; empty = open (a WARN at "
+        "start-up when `HOST` is not loopback); never logged: logs show a key id, the first 8 hex digits of its SHA-256",
+        heading="Edge: client keys, rate limits, validation, headers", secret=True,
+    )
+    file_client_keys: tuple[str, ...] = setting(
+        "CLIENT_API_KEYS_FILE", (), _keys_file,
+        "a file of keys, one a line (blank lines and `#` comments ignored), added to `CLIENT_API_KEYS`", secret=True,
+    )
+    rate_limit: float = setting(
+        "RATE_LIMIT", 10.0, _number(float, "a number of requests/second > 0 such as 10 or 0.5", 1e-6, 1e9),
+        "requests/second per client (its key id when client keys are on, else its IP); fractions such as `0.5` work",
+    )
+    rate_limit_burst: float = setting(
+        "RATE_LIMIT_BURST", 10.0, _number(float, "a number >= 1", 1, 1e9),
+        "token-bucket capacity: how many requests a quiet client may send at once; empty = `RATE_LIMIT`, at least 1", example="",
+    )
+    max_streams_per_client: int = setting("MAX_STREAMS_PER_CLIENT", 8, _count, "concurrent streams per client; one more is a 429")
+    max_concurrent_streams: int = setting(
+        "MAX_CONCURRENT_STREAMS", 1000, _count, "concurrent streams in the process; one more is a 503 with `Retry-After`",
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        "TRUSTED_PROXIES", (), _networks,
+        "comma list of the IPs/CIDRs of your reverse proxies (e.g. `10.0.0.0/8,127.0.0.1`); only their `X-Forwarded-For` and "
+        "`X-Real-IP` are believed",
+    )
+    cors_allowed_origins: tuple[str, ...] = setting(
+        "CORS_ALLOWED_ORIGINS", ("*",), _list, "`*` or a comma list of origins such as `https://app.example,https://admin.example`",
+    )
+    hsts_enabled: bool = setting(
+        "HSTS_ENABLED", True, _bool,
+        "send `Strict-Transport-Security` on every response (browsers honour it over HTTPS only, e.g. behind a TLS proxy)",
+    )
+    hsts_max_age: int = setting("HSTS_MAX_AGE", 31536000, _number(int, "a number of seconds >= 0", 0, 1 << 31), "its `max-age`, seconds")
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES", 64 * 1024, _number(int, "a number of bytes between 64 and 67108864", 64, 1 << 26),
+        "largest request body in bytes (64 B to 64 MiB); larger is a 413",
+    )
+    max_prompt_length: int = setting("MAX_PROMPT_LENGTH", 4000, _count, "longest `prompt` / `system` in code points (inclusive)")
+    max_tokens_limit: int = setting("MAX_TOKENS_LIMIT", 32768, _count, "highest `max_tokens` a client may ask for")
+    allowed_models: tuple[str, ...] = setting(
+        "ALLOWED_MODELS", (), _list,
+        "comma list of the only models clients may pick (`OPENROUTER_MODEL` is always allowed); empty = any `vendor/name`",
+    )
+    models_cache_secs: float = setting(
+        "MODELS_CACHE_SECS", 300.0, _seconds_or_zero,
+        "seconds `/v1/models` serves one copy of the provider's catalogue (one upstream call per period)",
+    )
+
+    upstream_connect_timeout: float = setting(
+        "UPSTREAM_CONNECT_TIMEOUT_SECS", 10.0, _seconds, "seconds to connect to the upstream", heading="Resilience",
+    )
+    first_token_timeout: float = setting(
+        "FIRST_TOKEN_TIMEOUT_SECS", 120.0, _seconds, "seconds from sending the request to the first data line (SSE comments do not count)",
+    )
+    upstream_idle_timeout: float = setting(
+        "UPSTREAM_IDLE_TIMEOUT_SECS", 60.0, _seconds, "longest gap between data lines once streaming, seconds (comments do not count)",
+    )
+    stream_max: float = setting("STREAM_MAX_SECS", 600.0, _seconds, "hard cap on one whole stream, seconds")
+    heartbeat: float = setting("HEARTBEAT_SECS", 15.0, _seconds, "write `: ping` to the client after this many seconds without any write")
+    upstream_retries: int = setting(
+        "UPSTREAM_RETRIES", 2, _number(int, "a whole number 0-10", 0, 10),
+        "extra attempts before any text reached the client (connect failure, 429, 5xx, cut)",
+    )
+    retry_max_wait: float = setting(
+        "RETRY_MAX_WAIT_SECS", 5.0, _number(float, "a number of seconds >= 0", 0, 3600),
+        "cap on one backoff in seconds, an upstream `Retry-After` included",
+    )
+    fallback_models: tuple[str, ...] = setting(
+        "FALLBACK_MODELS", (), _list,
+        "comma list of models tried once each, in order, after the primary model's retries, e.g. `openai/gpt-4o-mini`",
+    )
+    max_upstream_line_bytes: int = setting(
+        "MAX_UPSTREAM_LINE_BYTES", 1024 * 1024, _number(int, "a number of bytes >= 1024", 1024, 1 << 30),
+        "longest upstream SSE line in bytes; a longer one fails the stream cleanly",
+    )
+    max_upstream_event_bytes: int = setting(
+        "MAX_UPSTREAM_EVENT_BYTES", 1024 * 1024, _number(int, "a number of bytes >= 1024", 1024, 1 << 30),
+        "largest upstream SSE event (all its data lines) in bytes, at least `MAX_UPSTREAM_LINE_BYTES`; a larger one fails the stream",
+    )
+    max_upstream_body_bytes: int = setting(
+        "MAX_UPSTREAM_BODY_BYTES", 8 * 1024 * 1024, _number(int, "a number of bytes >= 1024", 1024, 1 << 30),
+        "largest non-streaming upstream answer in bytes; a larger one is a 502 `upstream_error`",
+    )
+    demo_delay: float = setting(
+        "DEMO_DELAY_MS", 0.03, _milliseconds, "milliseconds between words of the demo upstream (`--demo`)", example="30",
+    )
+
+    log_format: str = setting(
+        "LOG_FORMAT", "auto", _choice("auto", "console", "json"),
+        "`auto` (colored console lines on a terminal, JSON lines otherwise), `console` or `json`", heading="Observability",
+    )
+    log_color: str = setting(
+        "LOG_COLOR", "auto", _choice("auto", "always", "never"),
+        "console colors: `auto` (on a terminal, unless `NO_COLOR`), `always`, `never`",
+    )
+    no_color: bool = setting(
+        "NO_COLOR", False, _present, "any non-empty value turns console colors off (https://no-color.org); `LOG_COLOR=always` wins",
+        example="",
+    )
+    log_level: str = setting("LOG_LEVEL", "INFO", _log_level, "`DEBUG`, `INFO`, `WARN` or `ERROR`")
+    log_prompts: bool = setting(
+        "LOG_PROMPTS", False, _bool, "`true` adds each stream's `prompt` and `answer` to its outcome line (user data: off by default)",
+    )
+    metrics_enabled: bool = setting("METRICS_ENABLED", True, _bool, "`false` makes `GET /metrics` a 404")
+    metrics_token: str = setting(
+        "METRICS_TOKEN", "", _text, "when set, `/metrics` needs `Authorization: Bearer <token>`; never logged", secret=True,
+    )
+
+    workers: int = setting(
+        "WORKERS", 1, _number(int, "a whole number of processes >= 0 (0 = one per core)", 0, 1024),
+        "processes serving one port: `1` = this process, N = a supervisor and N pre-forked workers, `0` = one per core",
+        heading="Scale-out",
+    )
+    rate_limit_backend: str = setting(
+        "RATE_LIMIT_BACKEND", "memory", _choice("memory", "redis"),
+        "`memory` (each process counts alone) or `redis` (one budget per client across every worker and host)",
+    )
+    redis_url: str = setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
+        "Redis for `RATE_LIMIT_BACKEND=redis` (`redis://`, `rediss://` for TLS, `unix://`); never logged", secret=True,
+    )
+    rate_limit_fail_mode: str = setting(
+        "RATE_LIMIT_FAIL_MODE", "open", _choice("open", "closed"),
+        "when Redis is unreachable: `open` serves without limits, `closed` answers 503 with `Retry-After`",
+    )
+    stream_slot_ttl: float = setting(
+        "STREAM_SLOT_TTL_SECS", 60.0, _number(float, "a number of seconds >= 1", 1, 1e7),
+        "with Redis: a stream slot whose release was lost (outage, crashed worker) frees itself within this many seconds",
+    )
+
+    @property
+    def client_api_keys(self) -> tuple[str, ...]:
+        """Every key a client may send: `CLIENT_API_KEYS`, then the keys of `CLIENT_API_KEYS_FILE`."""
+        return self.listed_client_keys + self.file_client_keys
+
+    @property
+    def open_relay(self) -> bool:
+        """True when anyone who can reach the port can spend the upstream key."""
+        return not self.client_api_keys and self.host not in LOOPBACK_HOSTS
+
+
+# Every variable, in the order of `.env.example` and the docs.
+VARIABLES: tuple[Variable, ...] = tuple(
+    Variable(field=f.name, default=f.default, **f.metadata["variable"]) for f in fields(Settings) if "variable" in f.metadata
+)
 
 _MODEL_FORM = "a model id of the form vendor/name"
-
-
-def _keys_from_file(path: str) -> tuple[str, ...]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError("CLIENT_API_KEYS_FILE", f"a readable file with one key a line ({exc.strerror})") from None
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = False, env_file: str | None = ".env") -> Settings:
@@ -256,14 +371,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = Fals
         merged.update(os.environ)
         environ = merged
     values: dict[str, object] = {"demo": demo}
-    for variable, (attribute, convert) in _VARIABLES.items():
-        raw = environ.get(variable)
+    for variable in VARIABLES:
+        raw = environ.get(variable.name)
         if raw is not None and raw.strip() != "":
-            values[attribute] = convert(variable, raw)
-    keys = tuple(_list("CLIENT_API_KEYS", environ.get("CLIENT_API_KEYS", "")))
-    if environ.get("CLIENT_API_KEYS_FILE", "").strip():
-        keys += _keys_from_file(environ["CLIENT_API_KEYS_FILE"].strip())
-    values["client_api_keys"] = keys
+            values[variable.field] = variable.parse(variable.name, raw)
     settings = Settings(**values)  # type: ignore[arg-type]
     if "rate_limit_burst" not in values:  # default: RATE_LIMIT, at least 1
         settings = replace(settings, rate_limit_burst=max(1.0, settings.rate_limit))
