@@ -105,6 +105,7 @@ class UpstreamCall:
     """A single logical call (possibly several attempts) for one client request."""
 
     __slots__ = (
+        "_cause",
         "_connect_timed_out",
         "_loop",
         "_request",
@@ -143,6 +144,7 @@ class UpstreamCall:
         self._loop = IOLoop.current()
         self._request: HTTPRequest | None = None
         self._connect_timed_out = False
+        self._cause: BaseException | None = None  # why the last connection failed, chained onto its UpstreamError
         self._stopped: UpstreamError | None = None
         self._wake: asyncio.Event | None = None  # made only when a backoff has to wait
         self._stream_deadline = self._loop.time() + settings.stream_max
@@ -238,12 +240,14 @@ class UpstreamCall:
         self._request = request
         response: HTTPResponse | None = None
         self._connect_timed_out = False
+        self._cause = None
         try:
             response = await self.client.fetch(request, raise_error=False)
-        except TimeoutError:  # the connect timeout
+        except TimeoutError as exc:  # the connect timeout
             self._connect_timed_out = True
-        except Exception:  # other connection-level failures raise even with raise_error=False
-            pass
+            self._cause = exc
+        except Exception as exc:  # other connection-level failures raise even with raise_error=False
+            self._cause = exc
         finally:
             self._request = None
         if self.on_attempt is not None:
@@ -253,10 +257,13 @@ class UpstreamCall:
 
     def _connection_error(self) -> UpstreamError:
         if self._connect_timed_out:
-            return UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
-        if self.status is None:
-            return UpstreamError("upstream_error", "could not connect to the upstream", retryable=True)
-        return UpstreamError("upstream_error", "upstream connection closed before the stream finished", self.status, retryable=True)
+            error = UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
+        elif self.status is None:
+            error = UpstreamError("upstream_error", "could not connect to the upstream", retryable=True)
+        else:
+            error = UpstreamError("upstream_error", "upstream connection closed before the stream finished", self.status, retryable=True)
+        error.__cause__ = self._cause
+        return error
 
     async def _complete_attempt(self, model: str) -> dict[str, Any]:
         self.status = None
