@@ -8,14 +8,20 @@ errors). Exactly one terminal event ends every stream the client is still there 
 from __future__ import annotations
 
 import json
+import time
+from functools import partial
 from typing import Any
 
 from tornado.web import stream_request_body
 
+from handlers.relay import OutcomeLog
+from handlers.sink import server_timing
+from handlers.slot import StreamSlot
 from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
 from middleware.validation import validate_chat
 from server.completions import Chunk, encode_json_string
+from server.resume import MemoryResumeStore
 from server.sse import SSEEvent
 from server.upstream import UpstreamError
 
@@ -30,15 +36,18 @@ def chat_event(kind: str, content: str, request_id: str, **extra: Any) -> bytes:
 class ChatEncoder:
     """/chat's events; `connected` goes out before the upstream call."""
 
-    __slots__ = ("_content_suffix", "request_id")
+    __slots__ = ("_content_suffix", "request_id", "stream_id")
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, stream_id: str | None = None) -> None:
         self.request_id = request_id
+        self.stream_id = stream_id  # a resumable stream's: `connected` carries it
         # the suffix of every content event, built once per stream: the id is [A-Za-z0-9._:-] only
         self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
 
     def opening(self) -> list[bytes]:
-        return [chat_event("connected", "", self.request_id)]
+        if self.stream_id is None:
+            return [chat_event("connected", "", self.request_id)]
+        return [chat_event("connected", "", self.request_id, stream_id=self.stream_id)]
 
     def encode(self, chunks: list[tuple[SSEEvent, Chunk]]) -> list[bytes]:
         suffix = self._content_suffix
@@ -67,14 +76,35 @@ class ChatHandler(StreamingHandler):
         request = validate_chat(self.take_body(), self.gateway.settings)
         self.outcome_log(request.model, request.prompt_chars)
         await self.slot.acquire(self.client_id)
+        payload = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **request.options,
+        }
+        store = self.gateway.resume
+        if request.resumable and store is not None:
+            await self._resumable(store, payload, request.messages)
+            return
         try:
-            payload = {
-                "model": request.model,
-                "messages": request.messages,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                **request.options,
-            }
             await self.relay(payload, ChatEncoder(self.request_id), request.messages).run()
         finally:
             await self.slot.release()
+
+    async def _resumable(self, store: MemoryResumeStore, payload: dict[str, Any], messages: list[dict[str, str]]) -> None:
+        """The upstream call writes into a stream of its own, which holds the slot until it really ends;
+        this response is its first reader."""
+        stream = store.create(self.key_id)
+        self.outcome.fields["resumes"] = 0
+        stream.on_resume = partial(_count_resume, self.outcome)
+        relay = self.relay(payload, ChatEncoder(self.request_id, stream.id), messages, sink=stream)
+        slot, self.slot = self.slot, StreamSlot(self.gateway)  # leaving no longer cancels the call: the grace timer does
+        stream.run(relay.run(), relay.cancel, slot.release)
+        self.sink.start(server_timing(time.monotonic() - self.started_at))
+        await self.follow(stream, -1, self.sink, resume=False)
+
+
+def _count_resume(outcome: OutcomeLog) -> None:
+    outcome.fields["resumes"] += 1
+    outcome.metrics.stream_resumes.inc()

@@ -37,7 +37,7 @@ class Encoder(Protocol):
 
 
 def outcome_of(error: UpstreamError) -> str:
-    if error.error_type in ("client_disconnected", "upstream_timeout", "server_shutdown"):
+    if error.error_type in ("client_disconnected", "upstream_timeout", "server_shutdown", "cancelled"):
         return error.error_type
     return "upstream_error"
 
@@ -123,7 +123,7 @@ class Relay:
         except UpstreamError as error:
             outcome = outcome_of(error)
             self.outcome(outcome, self.state, upstream_status=call.status, error_type=error.error_type, **self._prompt())
-            if outcome == "client_disconnected" or sink.gone:
+            if sink.gone:  # a client that left; a resumable stream's log still records why it ended
                 return
             if not sink.started:
                 raise

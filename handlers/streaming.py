@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.base import BaseHandler
+from handlers.follow import FollowerMixin
 from handlers.relay import Encoder, OutcomeLog, Relay
-from handlers.sink import ClientSink
+from handlers.sink import ClientSink, Sink
 from handlers.slot import StreamSlot
 from middleware.errors import ApiError, body_too_large
 from server.context import bind_request
 from server.upstream import UpstreamCall, upstream_headers
 
 
-class StreamingHandler(BaseHandler):
+class StreamingHandler(FollowerMixin):
     protected = True
 
     _body: bytearray | None = None
@@ -67,9 +67,9 @@ class StreamingHandler(BaseHandler):
         headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
         return UpstreamCall(self.gateway.http_client, settings, payload, headers)
 
-    def relay(self, payload: dict[str, Any], encoder: Encoder, messages: Sequence[dict[str, Any]]) -> Relay:
-        """The relay of this request's stream into its own response."""
-        return Relay(self.upstream_call(payload), encoder, self.sink, self.slot, self.outcome, messages)
+    def relay(self, payload: dict[str, Any], encoder: Encoder, messages: Sequence[dict[str, Any]], sink: Sink | None = None) -> Relay:
+        """The relay of this request's stream into its own response (or into `sink`)."""
+        return Relay(self.upstream_call(payload), encoder, sink or self.sink, self.slot, self.outcome, messages)
 
     # -- ending -----------------------------------------------------------------------------------
     def on_connection_close(self) -> None:
@@ -77,5 +77,6 @@ class StreamingHandler(BaseHandler):
         if self._finished:
             return
         self.sink.close()
+        self.stop_following()
         bind_request(self.request_id)
         self.slot.cancel("client_disconnected", "client disconnected")

@@ -134,13 +134,14 @@ class ChatRequest:
     messages: list[dict[str, str]]
     model: str
     options: dict[str, Any]
+    resumable: bool = False  # the client can reattach with GET /chat/streams/{stream_id}
 
     @property
     def prompt_chars(self) -> int:
         return sum(len(message["content"]) for message in self.messages)
 
 
-_CHAT_FIELDS = frozenset({"prompt", "messages", "model", "temperature", "max_tokens", "system"})
+_CHAT_FIELDS = frozenset({"prompt", "messages", "model", "temperature", "max_tokens", "system", "resumable"})
 
 
 def validate_chat(body: bytes, settings: Settings) -> ChatRequest:
@@ -163,4 +164,7 @@ def validate_chat(body: bytes, settings: Settings) -> ChatRequest:
     if "max_tokens" in data:
         options["max_tokens"] = check_number("max_tokens", data["max_tokens"], 1, settings.max_tokens_limit, integer=True)
     model = check_model(data["model"], settings) if "model" in data else settings.model
-    return ChatRequest(messages, model, options)
+    resumable = data.get("resumable", False)
+    if not isinstance(resumable, bool):
+        raise invalid("resumable", "'resumable' must be true or false", "invalid_type")
+    return ChatRequest(messages, model, options, resumable)

@@ -86,6 +86,16 @@ class Settings:
     rate_limit_backend: str = "memory"
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     rate_limit_fail_mode: str = "open"
+    # resumable streams
+    resume_backend: str = "memory"  # default: redis when REDIS_URL is set
+    resume_grace: float = 60.0
+    resume_ttl: float = 600.0
+    resume_max_bytes: int = 1024 * 1024
+
+    @property
+    def resumable_streams(self) -> bool:
+        """False when streams live in one process's memory but several processes serve the port."""
+        return self.resume_backend == "redis" or self.workers == 1
 
     @property
     def open_relay(self) -> bool:
@@ -223,6 +233,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RATE_LIMIT_BACKEND": ("rate_limit_backend", _choice("memory", "redis")),
     "REDIS_URL": ("redis_url", _redis_url),
     "RATE_LIMIT_FAIL_MODE": ("rate_limit_fail_mode", _choice("open", "closed")),
+    "RESUME_BACKEND": ("resume_backend", _choice("memory", "redis")),
+    "RESUME_GRACE_SECS": ("resume_grace", _number(float, "a number of seconds >= 0", 0, 1e7)),
+    "RESUME_TTL_SECS": ("resume_ttl", _number(float, "a number of seconds >= 0", 0, 1e7)),
+    "RESUME_MAX_BYTES": ("resume_max_bytes", _number(int, "a number of bytes between 1024 and 1073741824", 1024, 1 << 30)),
     "DEMO_DELAY_MS": ("demo_delay", lambda n, raw: _number(float, "a number of milliseconds >= 0", 0, 1e6)(n, raw) / 1000),
 }
 
@@ -255,6 +269,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = Fals
     settings = Settings(**values)  # type: ignore[arg-type]
     if "rate_limit_burst" not in values:  # default: RATE_LIMIT, at least 1
         settings = replace(settings, rate_limit_burst=max(1.0, settings.rate_limit))
+    if "resume_backend" not in values:
+        settings = replace(settings, resume_backend="redis" if "redis_url" in values else "memory")
+    elif settings.resume_backend == "memory" and settings.workers != 1:
+        raise ConfigError("RESUME_BACKEND", "redis when WORKERS is not 1 (memory streams live in one process)", "memory")
     return _check(settings)
 
 

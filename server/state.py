@@ -14,6 +14,7 @@ from middleware.redis_store import RedisStore
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
+from server.resume import MemoryResumeStore
 
 
 class Stoppable(Protocol):
@@ -60,6 +61,7 @@ class Gateway:
     client_keys: ClientKeys
     cors: CorsPolicy
     metrics: Metrics
+    resume: MemoryResumeStore | None = None  # None: "resumable" requests are served as plain streams
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
@@ -73,6 +75,7 @@ class Gateway:
             client_keys=ClientKeys(settings.client_api_keys),
             cors=CorsPolicy(settings.cors_allowed_origins),
             metrics=metrics,
+            resume=make_resume_store(settings, metrics),
         )
 
 
@@ -86,3 +89,10 @@ def make_limiter(settings: Settings, metrics: Metrics) -> LimiterStore:
             on_error=metrics.rate_limit_store_errors.inc,
         )
     return MemoryStore()
+
+
+def make_resume_store(settings: Settings, metrics: Metrics) -> MemoryResumeStore | None:
+    """Resumable streams need every process that may serve a resume to see the stream."""
+    if not settings.resumable_streams:
+        return None
+    return MemoryResumeStore(settings, metrics)
