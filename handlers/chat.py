@@ -21,7 +21,7 @@ from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
 from middleware.validation import validate_chat
 from server.completions import Chunk, encode_json_string
-from server.resume import MemoryResumeStore
+from server.resume import ResumeStore
 from server.sse import SSEEvent
 from server.upstream import UpstreamError
 
@@ -92,10 +92,10 @@ class ChatHandler(StreamingHandler):
         finally:
             await self.slot.release()
 
-    async def _resumable(self, store: MemoryResumeStore, payload: dict[str, Any], messages: list[dict[str, str]]) -> None:
+    async def _resumable(self, store: ResumeStore, payload: dict[str, Any], messages: list[dict[str, str]]) -> None:
         """The upstream call writes into a stream of its own, which holds the slot until it really ends;
         this response is its first reader."""
-        stream = store.create(self.key_id)
+        stream = await store.create(self.key_id)
         self.outcome.fields["resumes"] = 0
         stream.on_resume = partial(_count_resume, self.outcome)
         relay = self.relay(payload, ChatEncoder(self.request_id, stream.id), messages, sink=stream)

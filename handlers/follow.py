@@ -15,7 +15,7 @@ class FollowerMixin(BaseHandler):
     async def follow(self, stream: ResumableStream, after: int, sink: ClientSink, *, resume: bool) -> None:
         """Send every event with id > `after`, then the live ones until the terminal event or the client leaves.
         While attached, this reader keeps the stream's upstream call alive."""
-        stream.attach(resume)
+        await stream.attach(resume)
         try:
             self._following = asyncio.ensure_future(self._copy(stream, after, sink))
             await self._following
@@ -25,7 +25,7 @@ class FollowerMixin(BaseHandler):
             sink.end([])
         finally:
             self._following = None
-            stream.detach()
+            await stream.detach()
 
     @staticmethod
     async def _copy(stream: ResumableStream, after: int, sink: ClientSink) -> None:

@@ -50,7 +50,7 @@ class StreamsHandler(FollowerMixin):
         await self.follow(stream, after, self.sink, resume=True)
 
     async def delete(self, stream_id: str) -> None:
-        (await self._find(stream_id)).cancel()
+        await (await self._find(stream_id)).cancel()
         self.set_status(204)
         self.finish()
 

@@ -44,79 +44,115 @@ def numbered(event_id: int, event: bytes) -> bytes:
 
 
 class ResumableStream(Protocol):
-    """What the handlers need of a stream, whatever the backend."""
+    """What a reader needs of a stream, wherever its upstream call runs."""
 
     id: str
-    started: bool  # the log is a sink whose "headers" are always out
-    gone: bool
 
-    def start(self, server_timing: str) -> None: ...
+    async def read(self, after: int) -> tuple[list[bytes], int, bool]:
+        """The events with id > `after`, waiting for at least one unless the stream has ended:
+        (events, id of the last one, ended). StreamExpiredError when some were already dropped."""
 
-    def write(self, events: list[bytes]) -> None: ...
+    async def check(self, after: int) -> None:
+        """StreamExpiredError when the events after `after` are no longer all kept."""
 
-    def send(self, events: list[bytes]) -> Awaitable[None] | None: ...
+    async def attach(self, resume: bool) -> None: ...
 
-    def end(self, events: list[bytes]) -> None: ...
+    async def detach(self) -> None: ...
 
-    def run(self, relay: Awaitable[None], cancel: Cancel, finish: Callable[[], Awaitable[None]]) -> None: ...
-
-    async def read(self, after: int) -> tuple[list[bytes], int, bool]: ...
-
-    async def check(self, after: int) -> None: ...
-
-    def attach(self, resume: bool) -> None: ...
-
-    def detach(self) -> None: ...
-
-    def cancel(self) -> None: ...
+    async def cancel(self) -> None: ...
 
 
-class MemoryStream:
-    """One stream in this process's memory. As a sink it never blocks: readers follow at their own pace."""
+class OwnedStream:
+    """A stream whose upstream call runs in this process: the relay's sink, its readers, its grace timer.
 
-    __slots__ = (
-        "_cancel",
-        "_changed",
-        "_grace_timer",
-        "_size",
-        "_task",
-        "ended",
-        "events",
-        "first_id",
-        "gone",
-        "id",
-        "next_id",
-        "on_resume",
-        "owner",
-        "readers",
-        "started",
-        "store",
-    )
+    As a sink it never blocks the relay on a reader: readers follow at their own pace."""
 
-    def __init__(self, store: MemoryResumeStore, owner: str | None) -> None:
-        self.store = store
+    started = True  # each reader's response has its own status and headers
+    gone = False  # the log records everything, including why the stream ended
+
+    def __init__(self, settings: Settings, metrics: Metrics, owner: str | None) -> None:
+        self.settings = settings
+        self.metrics = metrics
         self.id = new_stream_id()
         self.owner = owner
+        self.readers = 0
+        self.ended = False
+        self.on_resume: Callable[[], None] = lambda: None
+        self._grace_timer: object | None = None
+        self._cancel: Cancel = lambda error_type, message: None
+        self._task: asyncio.Future[None] | None = None
+
+    def start(self, server_timing: str) -> None:
+        """Nothing to send: readers start their own responses."""
+
+    def run(self, relay: Awaitable[None], cancel: Cancel, finish: Callable[[], Awaitable[None]]) -> None:
+        """Run the relay detached from any request; `finish` (the slot's release) runs at its real end."""
+        self._cancel = cancel
+        self._task = asyncio.ensure_future(self._run(relay, finish))
+
+    async def _run(self, relay: Awaitable[None], finish: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await relay
+        except Exception:
+            log.exception("resumable stream %s failed", self.id)
+        finally:
+            await self.closed()
+            self._stop_grace()
+            await finish()
+            IOLoop.current().call_later(self.settings.resume_ttl, self.forget)
+
+    async def closed(self) -> None:
+        """The relay is over: make sure readers see the end."""
+        self.ended = True
+
+    def forget(self) -> None:
+        """RESUME_TTL_SECS after the end."""
+
+    async def attach(self, resume: bool) -> None:
+        self.readers += 1
+        self._stop_grace()
+        if resume:
+            self.on_resume()
+
+    async def detach(self) -> None:
+        self.readers -= 1
+        if self.readers == 0 and not self.ended:
+            self.metrics.streams_detached.inc()
+            self._grace_timer = IOLoop.current().call_later(self.settings.resume_grace, self._grace_over)
+
+    async def cancel(self) -> None:
+        self.stop("cancelled", "stream cancelled by the client")
+
+    def stop(self, error_type: str, message: str) -> None:
+        self._cancel(error_type, message)
+
+    def _stop_grace(self) -> None:
+        if self._grace_timer is not None:
+            IOLoop.current().remove_timeout(self._grace_timer)
+            self._grace_timer = None
+            self.metrics.streams_detached.dec()
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        self.metrics.streams_detached.dec()
+        self.stop("client_disconnected", "no reader for RESUME_GRACE_SECS")
+
+
+class MemoryStream(OwnedStream):
+    """The events in a deque bounded by RESUME_MAX_BYTES (oldest dropped); readers wait on a future."""
+
+    def __init__(self, store: MemoryResumeStore, owner: str | None) -> None:
+        super().__init__(store.settings, store.metrics, owner)
+        self.store = store
         self.events: deque[bytes] = deque()
         self.first_id = 0  # id of events[0]
         self.next_id = 0
-        self.ended = False
-        self.readers = 0
-        self.started = True
-        self.gone = False
-        self.on_resume: Callable[[], None] = lambda: None
         self._size = 0
-        self._task: asyncio.Future[None] | None = None
         self._changed: asyncio.Future[None] | None = None
-        self._grace_timer: object | None = None
-        self._cancel: Cancel = lambda error_type, message: None
 
     # -- the sink the relay writes to ----------------------------------------------------------------
-    def start(self, server_timing: str) -> None:
-        """Each reader's response has its own headers."""
-
     def write(self, events: list[bytes]) -> None:
-        limit = self.store.settings.resume_max_bytes
+        limit = self.settings.resume_max_bytes
         for event in events:
             data = numbered(self.next_id, event)
             self.next_id += 1
@@ -135,66 +171,24 @@ class MemoryStream:
         self.ended = True
         self._wake()
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-    def run(self, relay: Awaitable[None], cancel: Cancel, finish: Callable[[], Awaitable[None]]) -> None:
-        """Run the relay detached from any request; `finish` (the slot's release) runs at its real end."""
-        self._cancel = cancel
-        self._task = asyncio.ensure_future(self._run(relay, finish))
+    async def closed(self) -> None:
+        self.ended = True
+        self._wake()
 
-    async def _run(self, relay: Awaitable[None], finish: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await relay
-        except Exception:
-            log.exception("resumable stream %s failed", self.id)
-        finally:
-            self.ended = True
-            self._wake()
-            self._stop_grace()
-            await finish()
-            IOLoop.current().call_later(self.store.settings.resume_ttl, self.store.forget, self.id)
-
-    def attach(self, resume: bool) -> None:
-        self.readers += 1
-        if self._grace_timer is not None:
-            self._stop_grace()
-        if resume:
-            self.on_resume()
-
-    def detach(self) -> None:
-        self.readers -= 1
-        if self.readers == 0 and not self.ended:
-            self.store.metrics.streams_detached.inc()
-            self._grace_timer = IOLoop.current().call_later(self.store.settings.resume_grace, self._grace_over)
-
-    def _stop_grace(self) -> None:
-        if self._grace_timer is not None:
-            IOLoop.current().remove_timeout(self._grace_timer)
-            self._grace_timer = None
-            self.store.metrics.streams_detached.dec()
-
-    def _grace_over(self) -> None:
-        self._grace_timer = None
-        self.store.metrics.streams_detached.dec()
-        self._cancel("client_disconnected", "no reader for RESUME_GRACE_SECS")
-
-    def cancel(self) -> None:
-        self._cancel("cancelled", "stream cancelled by the client")
+    def forget(self) -> None:
+        self.store.forget(self.id)
 
     # -- readers --------------------------------------------------------------------------------------
     async def read(self, after: int) -> tuple[list[bytes], int, bool]:
-        """The events with id > `after`, waiting for at least one unless the stream has ended:
-        (events, id of the last one, ended). StreamExpiredError when some were already dropped."""
         while self.next_id <= after + 1 and not self.ended:
             if self._changed is None:
                 self._changed = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._changed)
-        if after + 1 < self.first_id:
-            raise StreamExpiredError
+        await self.check(after)
         events = list(islice(self.events, after + 1 - self.first_id, None))
         return events, self.next_id - 1, self.ended
 
     async def check(self, after: int) -> None:
-        """StreamExpiredError when the events after `after` are no longer all kept."""
         if after + 1 < self.first_id:
             raise StreamExpiredError
 
@@ -212,7 +206,7 @@ class MemoryResumeStore:
         self.metrics = metrics
         self._streams: dict[str, MemoryStream] = {}
 
-    def create(self, owner: str | None) -> MemoryStream:
+    async def create(self, owner: str | None) -> MemoryStream:
         stream = MemoryStream(self, owner)
         self._streams[stream.id] = stream
         return stream
@@ -228,3 +222,11 @@ class MemoryResumeStore:
 
     async def close(self) -> None:
         """Nothing to release: the streams live in this process."""
+
+
+class ResumeStore(Protocol):
+    async def create(self, owner: str | None) -> OwnedStream: ...
+
+    async def find(self, stream_id: str, owner: str | None) -> ResumableStream: ...
+
+    async def close(self) -> None: ...
