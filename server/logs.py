@@ -44,6 +44,7 @@ FIELDS = (
     "attempt",
     "error_type",
     "finish_reason",
+    "resumes",
     "prompt",
     "answer",
 )

@@ -14,7 +14,8 @@ from middleware.redis_store import RedisStore
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
-from server.resume import MemoryResumeStore
+from server.resume import MemoryResumeStore, ResumeStore
+from server.resume_redis import RedisResumeStore
 
 
 class Stoppable(Protocol):
@@ -61,7 +62,7 @@ class Gateway:
     client_keys: ClientKeys
     cors: CorsPolicy
     metrics: Metrics
-    resume: MemoryResumeStore | None = None  # None: "resumable" requests are served as plain streams
+    resume: ResumeStore | None = None  # None: "resumable" requests are served as plain streams
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
@@ -91,8 +92,10 @@ def make_limiter(settings: Settings, metrics: Metrics) -> LimiterStore:
     return MemoryStore()
 
 
-def make_resume_store(settings: Settings, metrics: Metrics) -> MemoryResumeStore | None:
+def make_resume_store(settings: Settings, metrics: Metrics) -> ResumeStore | None:
     """Resumable streams need every process that may serve a resume to see the stream."""
     if not settings.resumable_streams:
         return None
+    if settings.resume_backend == "redis":
+        return RedisResumeStore.from_url(settings.redis_url, settings, metrics)
     return MemoryResumeStore(settings, metrics)
