@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from server import client
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_color, settings.log_level, no_color=settings.no_color)
+    if not settings.resumable_streams:
+        logging.getLogger("gateway").warning(
+            'WORKERS=%d with RESUME_BACKEND=memory: "resumable" requests are served as plain streams; set REDIS_URL to resume them',
+            settings.workers,
+        )
     if settings.workers != 1:
         return run_workers(settings)
     run(serve(settings))

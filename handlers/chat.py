@@ -8,17 +8,22 @@ errors). Exactly one terminal event ends every stream the client is still there 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 from tornado.web import stream_request_body
 
-from handlers.streaming import ClientGoneError, StreamingHandler
+from handlers.relay import OutcomeLog
+from handlers.sink import server_timing
+from handlers.slot import StreamSlot
+from handlers.stream_state import StreamState
+from handlers.streaming import StreamingHandler
 from middleware.chat_validation import validate_chat
+from server.completions import Chunk
 from server.jsonio import dumps, encode_json_string
-from server.logs import prompt_fields
+from server.resume import ResumeStore
 from server.sse import SSEEvent
-from server.upstream import UpstreamCall, UpstreamError, upstream_headers
+from server.upstream import UpstreamError
 
 CONTENT_PREFIX = b'data: {"content": '
 
@@ -27,82 +32,78 @@ def chat_event(kind: str, content: str, request_id: str, **extra: Any) -> bytes:
     return b"data: " + dumps({"content": content, "request_id": request_id, "type": kind, **extra}) + b"\n\n"
 
 
+class ChatEncoder:
+    """/chat's events; `connected` goes out before the upstream call."""
+
+    __slots__ = ("_content_suffix", "request_id", "stream_id")
+
+    def __init__(self, request_id: str, stream_id: str | None = None) -> None:
+        self.request_id = request_id
+        self.stream_id = stream_id  # a resumable stream's: `connected` carries it
+        # the suffix of every content event, built once per stream: the id is [A-Za-z0-9._:-] only
+        self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
+
+    def opening(self) -> list[bytes]:
+        if self.stream_id is None:
+            return [chat_event("connected", "", self.request_id)]
+        return [chat_event("connected", "", self.request_id, stream_id=self.stream_id)]
+
+    def encode(self, chunks: list[tuple[SSEEvent, Chunk]]) -> list[bytes]:
+        suffix = self._content_suffix
+        return [CONTENT_PREFIX + encode_json_string(chunk.content) + suffix for _, chunk in chunks if chunk.content]
+
+    def error(self, error: UpstreamError) -> list[bytes]:
+        extra: dict[str, Any] = {"error_type": error.error_type}
+        if error.status is not None:
+            extra["status"] = error.status
+        return [chat_event("error", error.message, self.request_id, **extra)]
+
+    def end(self, state: StreamState) -> list[bytes]:
+        done: dict[str, Any] = {}
+        if state.finish_reason is not None:
+            done["finish_reason"] = state.finish_reason
+        if state.usage is not None:
+            done["usage"] = state.usage
+        return [chat_event("done", "", self.request_id, **done)]
+
+
 @stream_request_body
 class ChatHandler(StreamingHandler):
     route = "/chat"
 
     async def post(self) -> None:
-        settings = self.gateway.settings
-        request = validate_chat(self.take_body(), settings)
-        await self.take_stream_slot()
+        request = validate_chat(self.take_body(), self.gateway.settings)
+        self.outcome_log(request.model, request.prompt_chars)
+        await self.slot.acquire(self.client_id)
+        payload = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **request.options,
+        }
+        store = self.gateway.resume
+        if request.resumable and store is not None:
+            await self._resumable(store, payload, request.messages)
+            return
         try:
-            await self._relay(request.messages, request.model, request.options, request.prompt_chars)
+            await self.relay(payload, ChatEncoder(self.request_id), request.messages).run()
         finally:
-            await self.release_stream_slot()
+            await self.slot.release()
 
-    async def _relay(self, messages: list[dict[str, Any]], model: str, options: dict[str, Any], prompt_chars: int) -> None:
-        settings = self.gateway.settings
-        request_id = self.request_id
-        # the suffix of every content event, built once per stream: the id is [A-Za-z0-9._:-] only
-        self._content_suffix = f', "request_id": "{request_id}", "type": "content"}}\n\n'.encode()
-        self.events = 0
-        self.ttft = None
-        self.finish_reason = None
-        self.usage = None
-        self.answer: list[str] | None = [] if settings.log_prompts else None
-        self.set_server_timing(time.monotonic() - self.started_at)  # headers go out before the upstream call
-        self.begin_stream()
-        try:
-            await self.send_now(chat_event("connected", "", request_id))
-        except ClientGoneError:
-            self.log_outcome("client_disconnected", 0, None, model=model, prompt_chars=prompt_chars)
-            return
-        payload = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **options}
-        self.call = UpstreamCall(self.gateway.http_client, settings, payload, upstream_headers(settings, request_id))
-        self.call.on_attempt = self.gateway.metrics.upstream_attempt
-        self.gateway.metrics.request_overhead.observe(time.monotonic() - self.started_at)
-        fields: dict[str, Any] = {"model": model, "prompt_chars": prompt_chars}
-        try:
-            await self.call.stream(self._on_events)
-        except UpstreamError as error:
-            fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
-            outcome = self.outcome_of(error)
-            self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
-            if outcome != "client_disconnected" and not self._client_gone:
-                self.finish(self.error_event(error))
-            return
-        fields.update(prompt_fields(settings.log_prompts, messages, "".join(self.answer or ())))
-        done: dict[str, Any] = {}
-        if self.finish_reason is not None:
-            done["finish_reason"] = self.finish_reason
-        if self.usage is not None:
-            done["usage"] = self.usage
-        self.log_outcome(
-            "finished",
-            self.events,
-            self.ttft,
-            upstream_status=self.call.status,
-            usage=self.usage,
-            finish_reason=self.finish_reason,
-            **fields,
-        )
-        self.finish(chat_event("done", "", request_id, **done))
+    async def _resumable(self, store: ResumeStore, payload: dict[str, Any], messages: list[dict[str, str]]) -> None:
+        """The upstream call writes into a stream of its own, which holds the slot until it really ends;
+        this response is its first reader."""
+        stream = await store.create(self.key_id)
+        self.outcome.fields["resumes"] = 0
+        stream.on_resume = partial(_count_resume, self.outcome)
+        relay = self.relay(payload, ChatEncoder(self.request_id, stream.id), messages, sink=stream)
+        slot, self.slot = self.slot, StreamSlot(self.gateway)  # leaving no longer cancels the call: the grace timer does
+        stream.run(relay.run(), relay.cancel, slot.release)
+        self.sink.start(server_timing(time.monotonic() - self.started_at))
+        await self.follow(stream, -1, self.sink, resume=False)
 
-    def error_event(self, error: UpstreamError) -> bytes:
-        extra: dict[str, Any] = {"error_type": error.error_type}
-        if error.status is not None:
-            extra["status"] = error.status
-        return chat_event("error", error.message, self.request_id, **extra)
 
-    def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
-        """One upstream read's events -> one write and one flush of content events."""
-        started = time.monotonic()
-        out = []
-        for _, chunk in self.read_chunks(events):
-            if chunk.content:
-                if self.answer is not None:
-                    self.answer.append(chunk.content)
-                out.append(CONTENT_PREFIX + encode_json_string(chunk.content) + self._content_suffix)
-        if out and self.ttft is None:
-            self.ttft = started - self.started_at
-        return self.write_batch(out, self.chunk_failure, started)
+def _count_resume(outcome: OutcomeLog) -> None:
+    outcome.fields["resumes"] += 1
+    outcome.metrics.stream_resumes.inc()

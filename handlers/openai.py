@@ -8,21 +8,21 @@ matching exception); a failure after it becomes an OpenAI error chunk followed b
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Awaitable
-from typing import Any
 
 from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler, NotFoundHandler
+from handlers.relay import outcome_of
+from handlers.sink import server_timing
+from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
 from middleware.errors import ApiError, openai_error_body
 from middleware.openai_validation import OpenAIChatRequest, validate_openai_chat
-from server.completions import summarize_completion
-from server.jsonio import dumps
+from server.completions import Chunk, summarize_completion
+from server.jsonio import dumps, loads
 from server.sse import SSEEvent, encode_data
-from server.upstream import UpstreamCall, UpstreamError, upstream_headers
+from server.upstream import UpstreamCall, UpstreamError
 
 DONE_EVENT = b"data: [DONE]\n\n"
 # how a failure with no upstream HTTP error status reaches an OpenAI client
@@ -38,7 +38,45 @@ def error_status(error: UpstreamError) -> int:
 
 def _usage_only(data: str) -> bool:
     """The final usage chunk (`"choices": []`), which OpenAI sends only to clients that asked for usage."""
-    return not json.loads(data).get("choices")
+    return not loads(data).get("choices")
+
+
+def http_error(error: UpstreamError, call: UpstreamCall) -> ApiError:
+    """A failure before anything was sent: the upstream's status (or 502/503/504) and its message."""
+    headers = {}
+    retry_after = call.response_headers.get("Retry-After")
+    if retry_after:
+        headers["Retry-After"] = retry_after
+    elif error.error_type == "server_shutdown":
+        headers["Retry-After"] = "1"
+    return ApiError(error_status(error), error.error_type, error.message, headers=headers)
+
+
+class OpenAIEncoder:
+    """Each upstream chunk's data unchanged; the status line waits for the first of them."""
+
+    __slots__ = ("include_usage", "request_id")
+
+    def __init__(self, request_id: str, include_usage: bool) -> None:
+        self.request_id = request_id
+        self.include_usage = include_usage
+
+    def opening(self) -> None:
+        return None
+
+    def encode(self, chunks: list[tuple[SSEEvent, Chunk]]) -> list[bytes]:
+        return [
+            encode_data(chunk.strict_data or event.data)
+            for event, chunk in chunks
+            if self.include_usage or chunk.usage is None or not _usage_only(event.data)
+        ]
+
+    def error(self, error: UpstreamError) -> list[bytes]:
+        body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
+        return [encode_data(dumps(body)), DONE_EVENT]
+
+    def end(self, state: StreamState) -> list[bytes]:
+        return [DONE_EVENT]
 
 
 @stream_request_body
@@ -47,129 +85,50 @@ class ChatCompletionsHandler(StreamingHandler):
     error_style = "openai"
     protected = True
 
-    _streaming = False  # status and headers are committed
-
     async def post(self) -> None:
         request = validate_openai_chat(self.take_body(), self.gateway.settings)
-        await self.take_stream_slot()
+        self.outcome_log(request.model, request.prompt_chars)
+        await self.slot.acquire(self.client_id)
         try:
-            if self._client_gone:  # left while the slot was being taken: spend nothing upstream
-                self.log_outcome("client_disconnected", 0, None, model=request.model, prompt_chars=request.prompt_chars)
-            elif request.stream:
+            if request.stream:
                 await self._stream(request)
             else:
                 await self._complete(request)
         finally:
-            await self.release_stream_slot()
-
-    def _start_call(self, payload: dict[str, Any], accept: str) -> UpstreamCall:
-        settings = self.gateway.settings
-        headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
-        self.call = UpstreamCall(self.gateway.http_client, settings, payload, headers)
-        self.call.on_attempt = self.gateway.metrics.upstream_attempt
-        self._upstream_sent_at = time.monotonic()
-        self._gateway_seconds = self._upstream_sent_at - self.started_at
-        self.gateway.metrics.request_overhead.observe(self._gateway_seconds)
-        return self.call
-
-    def _set_server_timing(self) -> None:
-        """Headers wait for the upstream here: show the gateway's share and the upstream's first byte apart."""
-        self.set_server_timing(self._gateway_seconds, time.monotonic() - self._upstream_sent_at)
-
-    def _http_error(self, error: UpstreamError) -> ApiError:
-        """A failure before anything was sent: the upstream's status (or 502/503/504) and its message."""
-        headers = {}
-        retry_after = self.call.response_headers.get("Retry-After") if self.call is not None else None
-        if retry_after:
-            headers["Retry-After"] = retry_after
-        elif error.error_type == "server_shutdown":
-            headers["Retry-After"] = "1"
-        return ApiError(error_status(error), error.error_type, error.message, headers=headers)
+            await self.slot.release()
 
     # -- stream: false ------------------------------------------------------------------------------
     async def _complete(self, request: OpenAIChatRequest) -> None:
-        fields: dict[str, Any] = {"model": request.model, "prompt_chars": request.prompt_chars}
-        call = self._start_call(dict(request.payload, stream=False), "application/json")
+        if self.sink.gone:  # left while the slot was being taken: spend nothing upstream
+            self.outcome("client_disconnected")
+            return
+        call = self.slot.call = self.upstream_call(dict(request.payload, stream=False), "application/json")
+        call.on_attempt = self.gateway.metrics.upstream_attempt
+        sent_at = time.monotonic()
+        self.gateway.metrics.request_overhead.observe(sent_at - self.started_at)
         try:
             completion = await call.complete()
         except UpstreamError as error:
-            outcome = self.outcome_of(error)
-            self.log_outcome(outcome, 0, None, upstream_status=call.status, error_type=error.error_type, **fields)
+            outcome = outcome_of(error)
+            self.outcome(outcome, upstream_status=call.status, error_type=error.error_type)
             if outcome == "client_disconnected":
                 return
-            raise self._http_error(error) from None
+            raise http_error(error, call) from None
         summary = summarize_completion(completion.answer)
-        self.log_outcome(
-            "finished",
-            0,
-            None,
-            upstream_status=call.status,
-            usage=summary.usage,
-            finish_reason=summary.finish_reason,
-            **fields,
-        )
-        self._set_server_timing()
+        self.outcome("finished", upstream_status=call.status, usage=summary.usage, finish_reason=summary.finish_reason)
+        self.set_header("Server-Timing", server_timing(sent_at - self.started_at, time.monotonic() - sent_at))
         self.set_header("Content-Type", "application/json")
         self.finish(completion.body)  # the provider's bytes (strict JSON): tool calls, logprobs and extra fields as sent
 
     # -- stream: true -------------------------------------------------------------------------------
     async def _stream(self, request: OpenAIChatRequest) -> None:
-        fields: dict[str, Any] = {"model": request.model, "prompt_chars": request.prompt_chars}
-        self.events = 0
-        self.ttft = None
-        self.finish_reason = None
-        self.usage = None
-        self._include_usage = request.include_usage
         # usage is always requested: the gateway logs and counts it even when the client did not ask
         payload = dict(request.payload, stream=True, stream_options={"include_usage": True})
-        call = self._start_call(payload, "text/event-stream")
+        relay = self.relay(payload, OpenAIEncoder(self.request_id, request.include_usage), request.payload["messages"])
         try:
-            await call.stream(self._on_events)
+            await relay.run()
         except UpstreamError as error:
-            outcome = self.outcome_of(error)
-            self.log_outcome(outcome, self.events, self.ttft, upstream_status=call.status, error_type=error.error_type, **fields)
-            if outcome == "client_disconnected" or self._client_gone:
-                return
-            if not self._streaming:
-                raise self._http_error(error) from None
-            self.finish(self.error_event(error))
-            return
-        self.log_outcome(
-            "finished",
-            self.events,
-            self.ttft,
-            upstream_status=call.status,
-            usage=self.usage,
-            finish_reason=self.finish_reason,
-            **fields,
-        )
-        if not self._streaming:  # an upstream that answered [DONE] and nothing else
-            self._begin()
-        self.finish(DONE_EVENT)
-
-    def error_event(self, error: UpstreamError) -> bytes:
-        """An OpenAI error chunk, then `[DONE]`: what the SDKs raise on mid-stream."""
-        body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
-        return encode_data(dumps(body)) + DONE_EVENT
-
-    def _begin(self) -> None:
-        self._streaming = True
-        self._set_server_timing()
-        self.begin_stream()
-
-    def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
-        """One upstream read's chunks -> one write and one flush, each chunk's data unchanged."""
-        started = time.monotonic()
-        out = []
-        for event, chunk in self.read_chunks(events):
-            if chunk.usage is not None and not self._include_usage and _usage_only(event.data):
-                continue
-            if chunk.content and self.ttft is None:
-                self.ttft = started - self.started_at
-            out.append(encode_data(chunk.strict_data or event.data))
-        if out and not self._streaming:
-            self._begin()
-        return self.write_batch(out, self.chunk_failure, started)
+            raise http_error(error, relay.call) from None
 
 
 class ModelsHandler(BaseHandler):

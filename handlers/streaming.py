@@ -1,68 +1,41 @@
-"""`StreamingHandler`: what /chat and /v1/chat/completions share about holding a stream open.
+"""`StreamingHandler`: what /chat and /v1/chat/completions share about a request that opens a stream.
 
-It reads the JSON body under the size cap, takes a stream slot (per-client cap, then global cap),
-writes and flushes SSE bytes with a write timeout (a client that stops reading for WRITE_TIMEOUT_SECS is
-gone; a healthy long stream is never cut), sends `: ping` heartbeats while idle, cancels the upstream
-call the moment the client leaves, ends itself on shutdown, and logs each stream's outcome once.
+It reads the JSON body under the size cap, takes a stream slot, builds the upstream call and the relay
+that owns the stream's lifecycle, and cancels the upstream call the moment the client leaves. The
+protocols differ only in their `Encoder` (handlers/relay.py).
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Awaitable, Iterator
-from datetime import timedelta
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from tornado import gen, httputil
-from tornado.ioloop import IOLoop
-from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError
 
-from handlers.base import BaseHandler
+from handlers.follow import FollowerMixin
+from handlers.relay import Encoder, OutcomeLog, Relay
+from handlers.sink import ClientSink, Sink
+from handlers.slot import StreamSlot
 from middleware.errors import ApiError, body_too_large
-from server.completions import Chunk, parse_chunk
 from server.context import bind_request
-from server.sse import SSEEvent, encode_comment
-from server.upstream import UpstreamCall, UpstreamError
-
-log = logging.getLogger("gateway.stream")
-
-HEARTBEAT = encode_comment("ping")
+from server.upstream import UpstreamCall, upstream_headers
 
 
-class ClientGoneError(UpstreamError):
-    """The client closed the connection or stopped reading; raised into the relay, it ends the call."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("client_disconnected", message)
-
-
-def internal_error() -> UpstreamError:
-    return UpstreamError("internal_error", "internal error; the gateway log has the details under this request id")
-
-
-class StreamingHandler(BaseHandler):
+class StreamingHandler(FollowerMixin):
     protected = True
 
-    call: UpstreamCall | None = None
-    events = 0  # events relayed to the client
-    ttft: float | None = None
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    chunk_failure: UpstreamError | None = None
     _body: bytearray | None = None
-    _slot_client: str | None = None
-    _registered = False
-    _client_gone = False
-    _outcome_logged = False
-    _heartbeat_timer: object | None = None
+    slot: StreamSlot
+    sink: ClientSink
+    outcome: OutcomeLog
 
     # -- request body (with @stream_request_body on the subclass) --------------------------------
     async def prepare(self) -> None:
         await super().prepare()
         self._body = bytearray()
+        self.slot = StreamSlot(self.gateway)
+        self.sink = ClientSink(self, self.gateway.settings, self.on_connection_close)
         # Room for one more read than the limit, so an oversized chunked body reaches data_received
         # (and gets our JSON 413) instead of Tornado's bare 400.
         self.request.connection.set_max_body_size(self.gateway.settings.max_body_bytes + 65536)  # type: ignore[union-attr]
@@ -87,220 +60,33 @@ class StreamingHandler(BaseHandler):
         body, self._body = bytes(self._body or b""), bytearray()
         return body
 
-    # -- slots ------------------------------------------------------------------------------------
-    async def take_stream_slot(self) -> None:
-        """Per-client cap (429) first, then the process-wide cap (503); both before any upstream call."""
-        gateway = self.gateway
-        settings = gateway.settings
-        if gateway.draining:
-            raise ApiError(503, "server_shutdown", "server is shutting down; retry on another instance", headers={"Retry-After": "1"})
-        if not await gateway.limiter.acquire_stream(self.client_id, settings.max_streams_per_client):
-            gateway.metrics.rate_limited("streams_per_client")
-            raise ApiError(
-                429,
-                "too_many_streams",
-                f"at most {settings.max_streams_per_client} concurrent streams per client",
-                headers={"Retry-After": "1"},
-            )
-        self._slot_client = self.client_id
-        if len(gateway.streams) >= settings.max_concurrent_streams:
-            await self.release_stream_slot()  # the caller's `finally` has not started yet
-            gateway.metrics.rate_limited("concurrent_streams")
-            raise ApiError(
-                503,
-                "server_busy",
-                f"the gateway is at its limit of {settings.max_concurrent_streams} streams",
-                headers={"Retry-After": "1"},
-            )
-        gateway.streams.add(self)
-        self._registered = True
-        gateway.metrics.streams_active.inc()
+    # -- the stream -------------------------------------------------------------------------------
+    def outcome_log(self, model: str, prompt_chars: int) -> OutcomeLog:
+        self.outcome = OutcomeLog(self.gateway.metrics, self.started_at, self.key_id, {"model": model, "prompt_chars": prompt_chars})
+        return self.outcome
 
-    async def release_stream_slot(self) -> None:
-        if self._registered:
-            self._registered = False
-            self.gateway.streams.discard(self)
-            self.gateway.metrics.streams_active.dec()
-        if self._slot_client is not None:
-            client, self._slot_client = self._slot_client, None
-            await self.gateway.limiter.release_stream(client)
+    def upstream_call(self, payload: dict[str, Any], accept: str = "text/event-stream") -> UpstreamCall:
+        settings = self.gateway.settings
+        headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
+        return UpstreamCall(self.gateway.http_client, settings, payload, headers)
 
-    # -- writing ----------------------------------------------------------------------------------
-    def begin_stream(self, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            stream.set_nodelay(True)  # small SSE writes go out now, not after Nagle's delay
-        self._last_write = time.monotonic()
-        self._arm_heartbeat(self.gateway.settings.heartbeat)
-
-    def read_chunks(self, events: list[SSEEvent]) -> Iterator[tuple[SSEEvent, Chunk]]:
-        """One read's parsed chunks, malformed lines skipped; notes finish_reason and usage, and stops at a
-        provider error inside the stream, leaving it in `chunk_failure` for `write_batch`."""
-        self.chunk_failure = None
-        for event in events:
-            chunk = parse_chunk(event.data)
-            if chunk is None:
-                continue
-            if chunk.error is not None:
-                assert self.call is not None
-                self.chunk_failure = UpstreamError("upstream_error", f"upstream error: {self.call.redact(chunk.error)}", self.call.status)
-                return
-            if chunk.finish_reason is not None:
-                self.finish_reason = chunk.finish_reason
-            if chunk.usage is not None:
-                self.usage = chunk.usage
-            yield event, chunk
-
-    def write_batch(self, out: list[bytes], failure: UpstreamError | None, started: float) -> Awaitable[None] | None:
-        """One upstream read's client events: one write, one flush; then `failure`, if the read ended in one."""
-        if not out:
-            if failure is not None:
-                raise failure
-            return None
-        assert self.call is not None
-        self.call.commit()
-        self.events += len(out)
-        metrics = self.gateway.metrics
-        metrics.stream_events.inc(len(out))
-        data = out[0] if len(out) == 1 else b"".join(out)
-        if failure is not None:
-            self.write(data)  # what came before the failure; the error event follows it
-            raise failure
-        flushed = self.send(data)
-        metrics.event_overhead.observe(time.monotonic() - started)
-        return flushed
-
-    def set_server_timing(self, gateway_seconds: float, upstream_seconds: float | None = None) -> None:
-        """`Server-Timing: gateway;dur=…[, upstream;dur=…]`: where the time before the first byte went, for devtools."""
-        timing = f"gateway;dur={gateway_seconds * 1000:.2f}"
-        if upstream_seconds is not None:
-            timing += f", upstream;dur={upstream_seconds * 1000:.2f}"
-        self.set_header("Server-Timing", timing)
-
-    def send(self, data: bytes) -> Awaitable[None] | None:
-        """Write and flush: None when the bytes are already on the socket (the usual case, no timer needed),
-        else an awaitable bounded by WRITE_TIMEOUT_SECS. ClientGoneError when the client left."""
-        if self._client_gone:
-            raise ClientGoneError("client disconnected")
-        self.write(data)
-        self._last_write = time.monotonic()
-        headers_pending = not self._headers_written
-        try:
-            flushed = self.flush()
-        except StreamClosedError:
-            flushed = None
-        if flushed is None or (flushed.done() and flushed.exception() is not None):
-            self._client_gone = True
-            raise ClientGoneError("client disconnected")
-        if headers_pending:  # they are on the wire: a long stream need not hold ~20 header entries
-            self._headers = httputil.HTTPHeaders()
-        return None if flushed.done() else self._await_flush(flushed)
-
-    async def send_now(self, data: bytes) -> None:
-        pending = self.send(data)
-        if pending is not None:
-            await pending
-
-    async def _await_flush(self, flushed: Awaitable[None]) -> None:
-        try:
-            await gen.with_timeout(timedelta(seconds=self.gateway.settings.write_timeout), flushed)
-        except (StreamClosedError, gen.TimeoutError):
-            self._client_gone = True
-            raise ClientGoneError("client disconnected or stopped reading") from None
-
-    def _arm_heartbeat(self, delay: float) -> None:
-        self._heartbeat_timer = IOLoop.current().call_later(delay, self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        self._heartbeat_timer = None
-        if self._finished or self._client_gone:
-            return
-        idle = time.monotonic() - self._last_write
-        interval = self.gateway.settings.heartbeat
-        if idle >= interval:
-            try:
-                pending = self.send(HEARTBEAT)
-            except ClientGoneError:
-                self.on_connection_close()
-                return
-            if pending is not None:
-                IOLoop.current().add_future(gen.convert_yielded(self._heartbeat_done(pending)), lambda _: None)
-            idle = 0.0
-        self._arm_heartbeat(interval - idle)
-
-    async def _heartbeat_done(self, pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        except ClientGoneError:
-            self.on_connection_close()
-
-    def stop_heartbeat(self) -> None:
-        if self._heartbeat_timer is not None:
-            IOLoop.current().remove_timeout(self._heartbeat_timer)
-            self._heartbeat_timer = None
+    def relay(self, payload: dict[str, Any], encoder: Encoder, messages: Sequence[dict[str, Any]], sink: Sink | None = None) -> Relay:
+        """The relay of this request's stream into its own response (or into `sink`)."""
+        return Relay(self.upstream_call(payload), encoder, sink or self.sink, self.slot, self.outcome, messages)
 
     # -- ending -----------------------------------------------------------------------------------
-    def on_connection_close(self) -> None:
-        """The client left: close the upstream socket now (also while waiting for its first byte)."""
-        if self._finished and not self._registered:
-            return
-        self._client_gone = True
-        if self.call is not None:
-            bind_request(self.request_id)
-            self.call.cancel("client_disconnected", "client disconnected")
-
-    def shutdown(self) -> None:
-        """The drain deadline passed: end this stream with a server_shutdown error."""
-        if self.call is not None:
-            self.call.cancel("server_shutdown", "server is shutting down")
-
-    def on_finish(self) -> None:
-        self.stop_heartbeat()
-        super().on_finish()
-
-    def log_outcome(self, outcome: str, events: int, ttft: float | None, **fields: Any) -> None:
-        if self._outcome_logged:
-            return
-        self._outcome_logged = True
-        duration = time.monotonic() - self.started_at
-        self.gateway.metrics.stream_ended(outcome, duration, ttft, fields.get("usage"))
-        level = logging.INFO if outcome in ("finished", "client_disconnected") else logging.WARNING
-        extra = {
-            "outcome": outcome,
-            "events": events,
-            "duration_ms": round(duration * 1000, 2),
-            "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
-            "key_id": self.key_id,
-        }
-        usage = fields.pop("usage", None) or {}
-        extra["completion_tokens"] = usage.get("completion_tokens")
-        extra.update(fields)
-        log.log(level, "stream %s", outcome.replace("_", " "), extra=extra)
-
-    @staticmethod
-    def outcome_of(error: UpstreamError) -> str:
-        if error.error_type in ("client_disconnected", "upstream_timeout", "server_shutdown", "internal_error"):
-            return error.error_type
-        return "upstream_error"
-
-    # -- the unexpected ---------------------------------------------------------------------------
-    def error_event(self, error: UpstreamError) -> bytes:
-        """The route's terminal error event(s) for a stream that already began."""
-        raise NotImplementedError
-
     def log_exception(self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         """An exception nobody expected: Tornado logs its traceback (once); the stream's outcome is still counted."""
         super().log_exception(typ, value, tb)
-        if not isinstance(value, HTTPError):
-            self.log_outcome("internal_error", self.events, self.ttft, error_type="internal_error")
+        outcome = getattr(self, "outcome", None)
+        if outcome is not None and not isinstance(value, HTTPError):
+            outcome("internal_error", error_type="internal_error")
 
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        """Before the stream began, the route's JSON error; after, one terminal `error` event instead of a cut-off stream."""
-        if not self._headers_written:
-            super().send_error(status_code, **kwargs)
-        elif not self._finished:
-            self.finish(b"" if self._client_gone else self.error_event(internal_error()))
+    def on_connection_close(self) -> None:
+        """The client left: close the upstream socket now (also while waiting for its first byte)."""
+        if self._finished:
+            return
+        self.sink.close()
+        self.stop_following()
+        bind_request(self.request_id)
+        self.slot.cancel("client_disconnected", "client disconnected")

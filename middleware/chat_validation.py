@@ -9,7 +9,7 @@ from middleware.messages import chat_rules, check_messages
 from middleware.validation import check_model, check_number, check_text, invalid, parse_json_object, reject_unknown
 from server.config import Settings
 
-_CHAT_FIELDS = frozenset({"prompt", "messages", "model", "temperature", "max_tokens", "system"})
+_CHAT_FIELDS = frozenset({"prompt", "messages", "model", "temperature", "max_tokens", "system", "resumable"})
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class ChatRequest:
     model: str
     options: dict[str, Any]
     prompt_chars: int  # text characters only: pictures are bounded by MAX_BODY_BYTES
+    resumable: bool = False  # the client can reattach with GET /chat/streams/{stream_id}
 
 
 def validate_chat(body: bytes, settings: Settings) -> ChatRequest:
@@ -45,4 +46,7 @@ def validate_chat(body: bytes, settings: Settings) -> ChatRequest:
     if "max_tokens" in data:
         options["max_tokens"] = check_number("max_tokens", data["max_tokens"], 1, settings.max_tokens_limit, integer=True)
     model = check_model(data["model"], settings) if "model" in data else settings.model
-    return ChatRequest(messages, model, options, chars)
+    resumable = data.get("resumable", False)
+    if not isinstance(resumable, bool):
+        raise invalid("resumable", "'resumable' must be true or false", "invalid_type")
+    return ChatRequest(messages, model, options, chars, resumable)

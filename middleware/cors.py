@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tornado.web import RequestHandler
 
-ALLOW_METHODS = "GET, POST, OPTIONS"
-ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID"
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID, Last-Event-ID"
 EXPOSE_HEADERS = "X-Request-ID, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Server-Timing"
 MAX_AGE = "600"
 

@@ -27,7 +27,7 @@ from server.state import Gateway
 access_log = logging.getLogger("gateway.access")
 
 _JSON_TYPES = ("application/json",)
-_HANDLER_METHODS = ("GET", "HEAD", "POST", "OPTIONS")  # the methods any handler here implements
+_HANDLER_METHODS = ("GET", "HEAD", "POST", "DELETE", "OPTIONS")  # the methods any handler here implements
 
 
 class _EveryMethod(tuple[str, ...]):

@@ -9,6 +9,7 @@ from handlers.chat import ChatHandler
 from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
 from handlers.openai import ChatCompletionsHandler, ModelHandler, ModelsHandler, OpenAINotFoundHandler
+from handlers.streams import StreamsHandler
 from handlers.web import WEB_ROUTES, web_settings
 from middleware.edge import log_completed
 from server.config import Settings
@@ -19,6 +20,7 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
     gateway = gateway or Gateway.create(settings)
     routes: list[tuple] = [
         (r"/chat", ChatHandler),
+        (r"/chat/streams/([^/]+)", StreamsHandler),
         (r"/health", HealthHandler),
         (r"/v1/chat/completions", ChatCompletionsHandler),
         (r"/v1/models", ModelsHandler),

@@ -334,7 +334,9 @@ class Settings:
     )
     redis_url: str = setting(
         "REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
-        "Redis for `RATE_LIMIT_BACKEND=redis` (`redis://`, `rediss://` for TLS, `unix://`); never logged", secret=True,
+        "Redis for `RATE_LIMIT_BACKEND=redis` and resumable streams (`redis://`, `rediss://` for TLS, `unix://`); empty = "
+        "`redis://127.0.0.1:6379/0`; setting it makes `redis` the default `RESUME_BACKEND`; never logged",
+        secret=True, example="",
     )
     rate_limit_fail_mode: str = setting(
         "RATE_LIMIT_FAIL_MODE", "open", _choice("open", "closed"),
@@ -344,6 +346,27 @@ class Settings:
         "STREAM_SLOT_TTL_SECS", 60.0, _number(float, "a number of seconds >= 1", 1, 1e7),
         "with Redis: a stream slot whose release was lost (outage, crashed worker) frees itself within this many seconds",
     )
+
+    resume_backend: str = setting(
+        "RESUME_BACKEND", "memory", _choice("memory", "redis"),
+        "where resumable streams live: `memory` (one process) or `redis` (any worker or host resumes); empty = `redis` when "
+        "`REDIS_URL` is set, else `memory`",
+        heading="Resumable streams", example="",
+    )
+    resume_grace: float = setting(
+        "RESUME_GRACE_SECS", 60.0, _seconds_or_zero,
+        "seconds a resumable stream's upstream call keeps running after its last reader left; then it is cancelled",
+    )
+    resume_ttl: float = setting("RESUME_TTL_SECS", 600.0, _seconds_or_zero, "seconds an ended resumable stream stays readable")
+    resume_max_bytes: int = setting(
+        "RESUME_MAX_BYTES", 1024 * 1024, _number(int, "a number of bytes between 1024 and 1073741824", 1024, 1 << 30),
+        "events one resumable stream keeps, in bytes; the oldest are dropped, and a resume that needs them gets 410",
+    )
+
+    @property
+    def resumable_streams(self) -> bool:
+        """False when streams live in one process's memory but several processes serve the port."""
+        return self.resume_backend == "redis" or self.workers == 1
 
     @property
     def client_api_keys(self) -> tuple[str, ...]:
@@ -378,6 +401,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = Fals
     settings = Settings(**values)  # type: ignore[arg-type]
     if "rate_limit_burst" not in values:  # default: RATE_LIMIT, at least 1
         settings = replace(settings, rate_limit_burst=max(1.0, settings.rate_limit))
+    if "resume_backend" not in values:
+        settings = replace(settings, resume_backend="redis" if "redis_url" in values else "memory")
+    elif settings.resume_backend == "memory" and settings.workers != 1:
+        raise ConfigError("RESUME_BACKEND", "redis when WORKERS is not 1 (memory streams live in one process)", "memory")
     return _check(settings)
 
 

@@ -109,6 +109,8 @@ async def drain(server: GatewayServer, gateway: Gateway) -> None:
         await asyncio.wait_for(server.close_all_connections(), 1.0)
     gateway.http_client.close()
     await gateway.limiter.close()
+    if gateway.resume is not None:
+        await gateway.resume.close()
     log.info("shutdown complete")
 
 

@@ -45,6 +45,7 @@ FIELDS = (
     "attempt",
     "error_type",
     "finish_reason",
+    "resumes",
     "prompt",
     "answer",
 )

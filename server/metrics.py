@@ -47,6 +47,10 @@ class Metrics:
         self.tokens = Counter("chat_tokens", "Tokens reported by the upstream", ["kind"], registry=r)
         self.upstream_requests = Counter("upstream_requests", "Upstream attempts by HTTP status (error: no status)", ["status"], registry=r)
         self.upstream_retries = Counter("upstream_retries", "Upstream attempts beyond the first", registry=r)
+        self.stream_resumes = Counter("chat_stream_resumes", "Readers that reattached to a resumable stream", registry=r)
+        self.streams_detached = Gauge(
+            "chat_streams_detached", "Resumable streams running with no reader", registry=r, multiprocess_mode="livesum"
+        )
         self.client_disconnects = Counter("client_disconnects", "Clients that left mid-stream", registry=r)
         self.rate_limited_total = Counter("rate_limited", "Requests refused at the edge", ["reason"], registry=r)
         self.overhead = Histogram("gateway_overhead_seconds", "Time spent in the gateway", ["phase"], buckets=_OVERHEAD_BUCKETS, registry=r)

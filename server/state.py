@@ -15,6 +15,8 @@ from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
 from server.models import ModelCatalogue
+from server.resume import MemoryResumeStore, ResumeStore
+from server.resume_redis import RedisResumeStore
 
 
 class Stoppable(Protocol):
@@ -62,6 +64,7 @@ class Gateway:
     cors: CorsPolicy
     metrics: Metrics
     models: ModelCatalogue
+    resume: ResumeStore | None = None  # None: "resumable" requests are served as plain streams
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
@@ -77,6 +80,7 @@ class Gateway:
             cors=CorsPolicy(settings.cors_allowed_origins),
             metrics=metrics,
             models=ModelCatalogue(settings, http_client),
+            resume=make_resume_store(settings, metrics),
         )
 
 
@@ -90,3 +94,12 @@ def make_limiter(settings: Settings, metrics: Metrics) -> LimiterStore:
             on_error=metrics.rate_limit_store_errors.inc,
         )
     return MemoryStore()
+
+
+def make_resume_store(settings: Settings, metrics: Metrics) -> ResumeStore | None:
+    """Resumable streams need every process that may serve a resume to see the stream."""
+    if not settings.resumable_streams:
+        return None
+    if settings.resume_backend == "redis":
+        return RedisResumeStore.from_url(settings.redis_url, settings, metrics)
+    return MemoryResumeStore(settings, metrics)

@@ -274,8 +274,11 @@ class UpstreamCall:
 
     def _connection_error(self) -> UpstreamError:
         if isinstance(self._failure, TimeoutError):
-            return UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
-        return UpstreamError("upstream_error", failure_message(self._failure, self.status is not None), self.status, retryable=True)
+            error = UpstreamError("upstream_timeout", "could not connect within UPSTREAM_CONNECT_TIMEOUT_SECS", retryable=True)
+        else:
+            error = UpstreamError("upstream_error", failure_message(self._failure, self.status is not None), self.status, retryable=True)
+        error.__cause__ = self._failure  # the failure below HTTP, for the log's traceback
+        return error
 
     async def _complete_attempt(self, model: str) -> Completion:
         attempt = _CompleteAttempt(self)

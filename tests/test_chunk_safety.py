@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import handlers.streaming
+import handlers.stream_state
 import server.upstream
 from tests.conftest import RawResponse, RunningGateway, chat, parse, request
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
@@ -285,14 +285,14 @@ async def test_deep_nesting_is_an_upstream_error_on_v1(
 @pytest.fixture
 def broken_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk whose text is `boom` makes the relay raise, as a bug in reading chunks would."""
-    parse_chunk = handlers.streaming.parse_chunk
+    parse_chunk = handlers.stream_state.parse_chunk
 
     def parse_or_raise(data: str) -> Any:
         if "boom" in data:
             raise RuntimeError("boom in the relay")
         return parse_chunk(data)
 
-    monkeypatch.setattr(handlers.streaming, "parse_chunk", parse_or_raise)
+    monkeypatch.setattr(handlers.stream_state, "parse_chunk", parse_or_raise)
 
 
 @pytest.fixture

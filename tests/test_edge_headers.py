@@ -91,8 +91,8 @@ async def test_preflight_on_any_route(gateway: RunningGateway, path: str) -> Non
     assert response.status == 204
     assert response.body == b""
     assert response.header("Access-Control-Allow-Origin") == "*"
-    assert response.header("Access-Control-Allow-Methods") == "GET, POST, OPTIONS"
-    assert response.header("Access-Control-Allow-Headers") == "Content-Type, Authorization, X-Request-ID"
+    assert response.header("Access-Control-Allow-Methods") == "GET, POST, DELETE, OPTIONS"
+    assert response.header("Access-Control-Allow-Headers") == "Content-Type, Authorization, X-Request-ID, Last-Event-ID"
     assert response.header("Access-Control-Max-Age") == "600"
     assert EXPOSED in (response.header("Access-Control-Expose-Headers") or "")
     assert response.header("Vary") is None
@@ -113,7 +113,7 @@ async def test_origin_list_echoes_allowed_and_ignores_others(start_gateway) -> N
     preflight = await request(gateway.port, "OPTIONS", "/chat", headers={"Origin": "https://a.example"})
     assert preflight.status == 204
     assert preflight.header("Access-Control-Allow-Origin") == "https://a.example"
-    assert preflight.header("Access-Control-Allow-Methods") == "GET, POST, OPTIONS"
+    assert preflight.header("Access-Control-Allow-Methods") == "GET, POST, DELETE, OPTIONS"
 
     for method, path in (("GET", "/health"), ("OPTIONS", "/chat"), ("GET", "/nope")):
         denied = await request(gateway.port, method, path, headers={"Origin": "https://evil.example"})

@@ -19,7 +19,7 @@ from server.state import Gateway
 from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, read_response, request
 from tests.fault_upstream import FaultUpstream
 
-FIELDS = "max_tokens, messages, model, prompt, system, temperature"
+FIELDS = "max_tokens, messages, model, prompt, resumable, system, temperature"
 
 
 def chunked(data: bytes, size: int = 8192) -> bytes:
@@ -134,6 +134,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"prompt": "hi", "system": 1}, "invalid_type", "'system' must be a string"),
     ({"prompt": "hi", "system": "s\x00"}, "invalid_characters", "'system' contains control characters (only tab, CR and LF are allowed)"),
     ({"prompt": "hi", "temperature": "hot"}, "invalid_type", "'temperature' must be a number"),
+    ({"prompt": "hi", "resumable": "yes"}, "invalid_type", "'resumable' must be true or false"),
     ({"prompt": "hi", "temperature": True}, "invalid_type", "'temperature' must be a number"),
     ({"prompt": "hi", "temperature": 2.01}, "out_of_range", "'temperature' must be between 0 and 2"),
     ({"prompt": "hi", "temperature": -0.1}, "out_of_range", "'temperature' must be between 0 and 2"),
