@@ -60,6 +60,7 @@ class ChatHandler(StreamingHandler):
             self.log_outcome("client_disconnected", 0, None, model=model, prompt_chars=prompt_chars)
             return
         payload = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}, **options}
+        payload = self.metered_payload(payload)
         self.call = UpstreamCall(self.gateway.http_client, settings, payload, upstream_headers(settings, request_id))
         self.call.on_attempt = self.gateway.metrics.upstream_attempt
         self.gateway.metrics.request_overhead.observe(time.monotonic() - self.started_at)
@@ -71,6 +72,7 @@ class ChatHandler(StreamingHandler):
             outcome = self.outcome_of(error)
             self.log_outcome(outcome, self.events, self.ttft, upstream_status=self.call.status, error_type=error.error_type, **fields)
             if outcome != "client_disconnected" and not self._client_gone:
+                await self.settle_budget()
                 extra: dict[str, Any] = {"error_type": error.error_type}
                 if error.status is not None:
                     extra["status"] = error.status
@@ -91,6 +93,7 @@ class ChatHandler(StreamingHandler):
             finish_reason=self.finish_reason,
             **fields,
         )
+        await self.settle_budget()
         self.finish(chat_event("done", "", request_id, **done))
 
     def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:

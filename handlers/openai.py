@@ -39,6 +39,15 @@ def _usage_only(data: str) -> bool:
     return not json.loads(data).get("choices")
 
 
+def _answer_text(choices: Any) -> str:
+    """The first choice's message text of a non-streaming answer ("" when it has none)."""
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
+
+
 @stream_request_body
 class ChatCompletionsHandler(StreamingHandler):
     route = "/v1/chat/completions"
@@ -63,7 +72,7 @@ class ChatCompletionsHandler(StreamingHandler):
     def _start_call(self, payload: dict[str, Any], accept: str) -> UpstreamCall:
         settings = self.gateway.settings
         headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
-        self.call = UpstreamCall(self.gateway.http_client, settings, payload, headers)
+        self.call = UpstreamCall(self.gateway.http_client, settings, self.metered_payload(payload), headers)
         self.call.on_attempt = self.gateway.metrics.upstream_attempt
         self._upstream_sent_at = time.monotonic()
         self._gateway_seconds = self._upstream_sent_at - self.started_at
@@ -99,6 +108,7 @@ class ChatCompletionsHandler(StreamingHandler):
         choices = answer.get("choices")
         finish_reason = choices[0].get("finish_reason") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
         usage = answer.get("usage")
+        self.relayed_chars = len(_answer_text(choices))
         self.log_outcome(
             "finished",
             0,
@@ -108,6 +118,7 @@ class ChatCompletionsHandler(StreamingHandler):
             finish_reason=finish_reason,
             **fields,
         )
+        await self.settle_budget()
         self._set_server_timing()
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(answer, ensure_ascii=False))
@@ -133,6 +144,7 @@ class ChatCompletionsHandler(StreamingHandler):
             if not self._streaming:
                 raise self._http_error(error) from None
             body = openai_error_body(error_status(error), error.error_type, error.message, self.request_id)
+            await self.settle_budget()
             self.finish(encode_data(json.dumps(body, ensure_ascii=False)) + DONE_EVENT)
             return
         self.log_outcome(
@@ -144,6 +156,7 @@ class ChatCompletionsHandler(StreamingHandler):
             finish_reason=self.finish_reason,
             **fields,
         )
+        await self.settle_budget()
         if not self._streaming:  # an upstream that answered [DONE] and nothing else
             self._begin()
         self.finish(DONE_EVENT)

@@ -20,6 +20,7 @@ from tornado.iostream import StreamClosedError
 
 from handlers.base import BaseHandler
 from middleware.errors import ApiError, body_too_large
+from server.budgets import Charge
 from server.completions import Chunk, parse_chunk
 from server.context import bind_request
 from server.sse import SSEEvent, encode_comment
@@ -42,6 +43,7 @@ class StreamingHandler(BaseHandler):
 
     call: UpstreamCall | None = None
     events = 0  # events relayed to the client
+    relayed_chars = 0  # answer text relayed to the client: the estimate's base when the provider reports no usage
     ttft: float | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
@@ -52,10 +54,19 @@ class StreamingHandler(BaseHandler):
     _client_gone = False
     _outcome_logged = False
     _heartbeat_timer: object | None = None
+    _charge: Charge | None = None  # this call's spend, until the ledger has it
 
     # -- request body (with @stream_request_body on the subclass) --------------------------------
     async def prepare(self) -> None:
         await super().prepare()
+        if self.budget is not None and self.budget.exhausted:
+            self.gateway.metrics.budget_exceeded.inc()
+            raise ApiError(
+                429,
+                "budget_exceeded",
+                f"this client's budget for the window is spent; it resets in {self.budget.retry_after} seconds",
+                headers={"Retry-After": self.budget.retry_after},
+            )
         self._body = bytearray()
         # Room for one more read than the limit, so an oversized chunked body reaches data_received
         # (and gets our JSON 413) instead of Tornado's bare 400.
@@ -111,6 +122,7 @@ class StreamingHandler(BaseHandler):
         gateway.metrics.streams_active.inc()
 
     async def release_stream_slot(self) -> None:
+        await self.settle_budget()
         if self._registered:
             self._registered = False
             self.gateway.streams.discard(self)
@@ -118,6 +130,24 @@ class StreamingHandler(BaseHandler):
         if self._slot_client is not None:
             client, self._slot_client = self._slot_client, None
             await self.gateway.limiter.release_stream(client)
+
+    # -- budget -----------------------------------------------------------------------------------
+    def metered_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The upstream payload with usage requested (and cost, from OpenRouter) and the answer's length
+        capped to the tokens left in the client's budget, so one call cannot overshoot by a whole answer."""
+        payload = dict(payload, usage={"include": True})
+        left = self.budget.tokens_left if self.budget is not None else None
+        if left is not None:
+            name = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+            payload[name] = min(payload.get(name) or self.gateway.settings.max_tokens_limit, left)
+        return payload
+
+    async def settle_budget(self) -> None:
+        """Charge this call's spend to its client once; awaited before the last event, so the client's next
+        request sees it."""
+        charge, self._charge = self._charge, None
+        if charge is not None:
+            await self.gateway.budgets.charge(self.client_id, charge.total_tokens, charge.cost_usd)
 
     # -- writing ----------------------------------------------------------------------------------
     def begin_stream(self, status: int = 200) -> None:
@@ -148,6 +178,7 @@ class StreamingHandler(BaseHandler):
                 self.finish_reason = chunk.finish_reason
             if chunk.usage is not None:
                 self.usage = chunk.usage
+            self.relayed_chars += len(chunk.content)
             yield event, chunk
 
     def write_batch(self, out: list[bytes], failure: UpstreamError | None, started: float) -> Awaitable[None] | None:
@@ -262,7 +293,11 @@ class StreamingHandler(BaseHandler):
             return
         self._outcome_logged = True
         duration = time.monotonic() - self.started_at
-        self.gateway.metrics.stream_ended(outcome, duration, ttft, fields.get("usage"))
+        metrics = self.gateway.metrics
+        metrics.stream_ended(outcome, duration, ttft)
+        self._charge = Charge.of(fields.pop("usage", None), fields.get("prompt_chars") or 0, self.relayed_chars)
+        if self._charge is not None:
+            metrics.charged(self.key_id, self._charge.prompt_tokens, self._charge.completion_tokens, self._charge.cost_usd)
         level = logging.INFO if outcome in ("finished", "client_disconnected") else logging.WARNING
         extra = {
             "outcome": outcome,
@@ -270,9 +305,8 @@ class StreamingHandler(BaseHandler):
             "duration_ms": round(duration * 1000, 2),
             "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
             "key_id": self.key_id,
+            **Charge.log_fields(self._charge),
         }
-        usage = fields.pop("usage", None) or {}
-        extra["completion_tokens"] = usage.get("completion_tokens")
         extra.update(fields)
         log.log(level, "stream %s", outcome.replace("_", " "), extra=extra)
 

@@ -111,14 +111,14 @@ class RedisStore:
     # -- LimiterStore ------------------------------------------------------------------------------
     async def take(self, client: str, rate: float, burst: float) -> Decision:
         try:
-            allowed, tokens = await self._run(self._take, f"{self._prefix}rate:{client}", rate, burst)
+            allowed, tokens = await self.run(self._take, f"{self._prefix}rate:{client}", rate, burst)
         except StoreUnavailableError:
             return Decision(allowed=True, limit=int(burst), remaining=int(burst), reset_after=0.0, retry_after=0.0)
         return bucket_decision(bool(allowed), float(tokens), rate, burst)
 
     async def acquire_stream(self, client: str, limit: int) -> bool:
         try:
-            return bool(await self._run(self._acquire, f"{self._prefix}streams:{client}", limit, self.stream_ttl))
+            return bool(await self.run(self._acquire, f"{self._prefix}streams:{client}", limit, self.stream_ttl))
         except StoreUnavailableError:
             self._uncounted[client] += 1
             return True
@@ -130,13 +130,20 @@ class RedisStore:
                 del self._uncounted[client]
             return
         with contextlib.suppress(StoreUnavailableError):  # unreachable: the count's TTL forgets this slot
-            await self._run(self._release, f"{self._prefix}streams:{client}", quiet=True)
+            await self.run(self._release, f"{self._prefix}streams:{client}", quiet=True)
 
     async def close(self) -> None:
         await self._client.aclose()
 
+    def register(self, source: str) -> AsyncScript:
+        """A Lua script on this store's client, for other ledgers that share its Redis and its outage handling."""
+        return self._client.register_script(source)
+
+    def key(self, name: str) -> str:
+        return self._prefix + name
+
     # -- outage handling ----------------------------------------------------------------------------
-    async def _run(self, script: AsyncScript, key: str, *args: float | int, quiet: bool = False) -> Any:
+    async def run(self, script: AsyncScript, key: str, *args: float | int | str, quiet: bool = False) -> Any:
         """Run one script; on failure count it, apply the fail mode (closed raises a 503) and raise
         StoreUnavailableError. `quiet` (releases) skips the fail mode: nothing is being decided."""
         now = time.monotonic()

@@ -9,6 +9,7 @@ from handlers.chat import ChatHandler
 from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
 from handlers.openai import ChatCompletionsHandler, ModelsHandler, OpenAINotFoundHandler
+from handlers.usage import UsageHandler
 from handlers.web import WEB_ROUTES, web_settings
 from middleware.edge import log_completed
 from server.config import Settings
@@ -22,6 +23,7 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
         (r"/health", HealthHandler),
         (r"/v1/chat/completions", ChatCompletionsHandler),
         (r"/v1/models", ModelsHandler),
+        (r"/v1/usage", UsageHandler),
         (r"/v1/.*", OpenAINotFoundHandler),
     ]
     if settings.metrics_enabled:

@@ -88,6 +88,12 @@ class Settings:
     rate_limit_backend: str = "memory"
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     rate_limit_fail_mode: str = "open"
+    # token budgets (0 = off)
+    token_budget: int = 0
+    cost_budget_usd: float = 0.0
+    budget_window: int = 86400
+    # key -> (token budget, cost budget); None keeps the default for that column
+    budget_overrides: tuple[tuple[str, int | None, float | None], ...] = field(default=(), repr=False)
 
     @property
     def open_relay(self) -> bool:
@@ -194,6 +200,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MAX_BODY_BYTES": ("max_body_bytes", _number(int, "a number of bytes between 64 and 67108864", 64, 1 << 26)),
     "MAX_TOKENS_LIMIT": ("max_tokens_limit", _count),
     "ALLOWED_MODELS": ("allowed_models", _list),
+    "TOKEN_BUDGET": ("token_budget", _number(int, "a whole number of tokens >= 0 (0 = off)", 0, 1 << 62)),
+    "COST_BUDGET_USD": ("cost_budget_usd", _number(float, "a number of US dollars >= 0 (0 = off)", 0, 1e12)),
+    "BUDGET_WINDOW_SECS": ("budget_window", _number(int, "a whole number of seconds >= 1", 1, 1 << 31)),
     "CORS_ALLOWED_ORIGINS": ("cors_allowed_origins", _list),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _count),
@@ -233,12 +242,35 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
 _MODEL_FORM = "a model id of the form vendor/name"
 
 
-def _keys_from_file(path: str) -> tuple[str, ...]:
+_KEY_LINE_FORM = "one key a line, optionally followed by a token budget and a cost budget in USD (- keeps the default)"
+KeyLine = tuple[str, int | None, float | None]
+
+
+def _keys_from_file(path: str) -> tuple[KeyLine, ...]:
+    """`key [token_budget [cost_budget_usd]]` a line; blank lines and `#` comments are skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError("CLIENT_API_KEYS_FILE", f"a readable file with one key a line ({exc.strerror})") from None
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            entries.append(_key_line(line.split(), number))
+    return tuple(entries)
+
+
+def _key_line(columns: list[str], number: int) -> KeyLine:
+    if len(columns) > 3:
+        raise ConfigError("CLIENT_API_KEYS_FILE", f"{_KEY_LINE_FORM} (line {number} has {len(columns)} columns)")
+    tokens, cost = [*columns[1:], "-", "-"][:2]
+    try:
+        token_budget = None if tokens == "-" else int(tokens)
+        cost_budget = None if cost == "-" else float(cost)
+    except ValueError:
+        raise ConfigError("CLIENT_API_KEYS_FILE", f"{_KEY_LINE_FORM} (line {number})") from None  # no echo: the line holds a key
+    if (token_budget is not None and token_budget < 0) or (cost_budget is not None and not 0 <= cost_budget < math.inf):
+        raise ConfigError("CLIENT_API_KEYS_FILE", f"{_KEY_LINE_FORM}; budgets >= 0 (line {number})")
+    return columns[0], token_budget, cost_budget
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = False, env_file: str | None = ".env") -> Settings:
@@ -254,7 +286,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, demo: bool = Fals
             values[attribute] = convert(variable, raw)
     keys = tuple(_list("CLIENT_API_KEYS", environ.get("CLIENT_API_KEYS", "")))
     if environ.get("CLIENT_API_KEYS_FILE", "").strip():
-        keys += _keys_from_file(environ["CLIENT_API_KEYS_FILE"].strip())
+        lines = _keys_from_file(environ["CLIENT_API_KEYS_FILE"].strip())
+        keys += tuple(key for key, _, _ in lines)
+        values["budget_overrides"] = tuple(line for line in lines if line[1:] != (None, None))
     values["client_api_keys"] = keys
     settings = Settings(**values)  # type: ignore[arg-type]
     if "rate_limit_burst" not in values:  # default: RATE_LIMIT, at least 1

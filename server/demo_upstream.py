@@ -4,7 +4,8 @@
 the same way (or as its own process: `python -m server.demo_upstream --port 9000 --delay-ms 0`).
 It speaks what OpenRouter speaks: `POST {base}/chat/completions` answering `text/event-stream` with a
 `: OPENROUTER PROCESSING` comment, `chat.completion.chunk` JSON lines, a finish chunk, a usage chunk and
-`data: [DONE]` (or one `chat.completion` JSON when `stream` is false), and `GET {base}/models`.
+`data: [DONE]` (or one `chat.completion` JSON when `stream` is false), and `GET {base}/models`. Usage counts
+words as tokens and, when the request asks `"usage": {"include": true}`, carries a made-up `cost`.
 The answer quotes the prompt and continues with fixed sentences, so it is deterministic.
 """
 
@@ -31,6 +32,7 @@ FILLER = (
     "Each word you see arrives as its own server-sent event, flushed the moment it is produced. "
     "Point OPENROUTER_BASE_URL at a real provider and set OPENROUTER_API_KEY to get real answers."
 )
+DEMO_USD_PER_TOKEN = 0.000002  # the demo's made-up price, reported as OpenRouter reports cost
 _WORD = re.compile(r"\S+\s*|\s+")
 
 
@@ -91,12 +93,14 @@ class ChatCompletionsHandler(web.RequestHandler):
         model = str(body.get("model") or "demo/model")
         prompt = _last_user_text(body["messages"])
         pieces = chunk_answer(answer_for(prompt, self.options), self.options.words_per_chunk)
-        max_tokens = body.get("max_tokens")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         finish_reason = "stop"
         if isinstance(max_tokens, int) and 0 < max_tokens < len(pieces):
             pieces, finish_reason = pieces[:max_tokens], "length"
         usage = {"prompt_tokens": len(_WORD.findall(prompt)), "completion_tokens": len(pieces)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if isinstance(body.get("usage"), dict) and body["usage"].get("include"):  # OpenRouter adds the cost in credits (USD)
+            usage["cost"] = round(usage["total_tokens"] * DEMO_USD_PER_TOKEN, 10)
         ident = f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}"
         if body.get("stream"):
             await self._stream(ident, model, pieces, finish_reason, usage)

@@ -11,6 +11,7 @@ from middleware.client_keys import ClientKeys
 from middleware.cors import CorsPolicy
 from middleware.rate_limit import LimiterStore, MemoryStore
 from middleware.redis_store import RedisStore
+from server.budgets import Budgets, make_ledger
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
@@ -60,19 +61,22 @@ class Gateway:
     client_keys: ClientKeys
     cors: CorsPolicy
     metrics: Metrics
+    budgets: Budgets
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None, limiter: LimiterStore | None = None) -> Gateway:
-        metrics = metrics or Metrics()
+        metrics = metrics or Metrics(per_key=bool(settings.client_api_keys))
+        limiter = limiter or make_limiter(settings, metrics)
         return cls(
             settings=settings,
             http_client=PooledAsyncHTTPClient(force_instance=True),
-            limiter=limiter or make_limiter(settings, metrics),
+            limiter=limiter,
             client_keys=ClientKeys(settings.client_api_keys),
             cors=CorsPolicy(settings.cors_allowed_origins),
             metrics=metrics,
+            budgets=Budgets(settings, make_ledger(settings, limiter)),
         )
 
 
