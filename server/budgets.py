@@ -125,11 +125,13 @@ class Charge:
     @staticmethod
     def log_fields(charge: Charge | None) -> dict[str, Any]:
         """The stream outcome line's spend fields (null when nothing was charged)."""
+        if charge is None:
+            return {"prompt_tokens": None, "completion_tokens": None, "cost_usd": None, "usage_estimated": False}
         return {
-            "prompt_tokens": charge and charge.prompt_tokens,
-            "completion_tokens": charge and charge.completion_tokens,
-            "cost_usd": charge and charge.cost_usd,
-            "usage_estimated": charge is not None and charge.estimated,
+            "prompt_tokens": charge.prompt_tokens,
+            "completion_tokens": charge.completion_tokens,
+            "cost_usd": charge.cost_usd,
+            "usage_estimated": charge.estimated,
         }
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from middleware.client_keys import key_id
 from server.config import ConfigError, load_settings
-from tests.conftest import RawResponse, RunningGateway, api_error, chat, request
+from tests.conftest import RawResponse, RunningGateway, api_error, chat, free_port, request
 from tests.fault_upstream import FaultUpstream, Scenario
 from tests.services import GatewayProcess, RedisServer, http_request, metric
 
@@ -211,3 +211,12 @@ def test_one_budget_across_two_gateway_processes_sharing_redis(spawn: Callable[.
     assert shown["tokens"]["used"] == charged["prompt_tokens"] + charged["completion_tokens"]
     assert shown["cost_usd"]["used"] == pytest.approx(charged["cost_usd"])
     assert metric(second.port, "budget_exceeded_total") == 1
+
+
+@pytest.mark.parametrize(("mode", "status"), [("open", 200), ("closed", 503)])
+async def test_an_unreachable_redis_follows_the_fail_mode(start_gateway: Callable[..., RunningGateway], mode: str, status: int) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    gateway = start_gateway(TOKEN_BUDGET="1", RATE_LIMIT_BACKEND="redis", REDIS_URL=dead, RATE_LIMIT_FAIL_MODE=mode)
+    answer = await chat(gateway.port, {"prompt": "hi"})
+    assert answer.status == status and answer.header("X-Budget-Limit") is None
+    assert (await request(gateway.port, "GET", "/v1/usage")).status == 503
