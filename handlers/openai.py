@@ -115,7 +115,9 @@ class ChatCompletionsHandler(StreamingHandler):
                 return
             raise http_error(error, call) from None
         summary = summarize_completion(completion.answer)
-        self.outcome("finished", upstream_status=call.status, usage=summary.usage, finish_reason=summary.finish_reason)
+        state = StreamState(relayed_chars=len(summary.content))
+        self.outcome("finished", state, upstream_status=call.status, usage=summary.usage, finish_reason=summary.finish_reason)
+        await self.outcome.settle()
         self.set_header("Server-Timing", server_timing(sent_at - self.started_at, time.monotonic() - sent_at))
         self.set_header("Content-Type", "application/json")
         self.finish(completion.body)  # the provider's bytes (strict JSON): tool calls, logprobs and extra fields as sent

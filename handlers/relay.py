@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from handlers.sink import ClientGoneError, Sink, server_timing
 from handlers.slot import StreamSlot
 from handlers.stream_state import StreamState, read_chunks
+from server.budgets import Budgets, Charge
 from server.completions import Chunk
 from server.logs import prompt_fields
 from server.metrics import Metrics
@@ -48,13 +49,16 @@ def outcome_of(error: UpstreamError) -> str:
 
 @dataclass
 class OutcomeLog:
-    """The stream's one outcome line and its metrics, written once, at its real end."""
+    """The stream's one outcome line, its metrics and its charge to the client's budget, each once, at its real end."""
 
     metrics: Metrics
     started_at: float
     key_id: str | None
     fields: dict[str, Any] = field(default_factory=dict)  # model, prompt_chars
+    budgets: Budgets | None = None
+    client_id: str = ""  # whose budget pays
     logged: bool = False
+    charge: Charge | None = None  # this call's spend, until `settle` hands it to the ledger
 
     def __call__(self, outcome: str, state: StreamState | None = None, **fields: Any) -> None:
         if self.logged:
@@ -62,8 +66,10 @@ class OutcomeLog:
         self.logged = True
         state = state or StreamState()
         duration = time.monotonic() - self.started_at
-        usage = fields.pop("usage", None)
-        self.metrics.stream_ended(outcome, duration, state.ttft, usage)
+        self.metrics.stream_ended(outcome, duration, state.ttft)
+        self.charge = Charge.of(fields.pop("usage", None), self.fields.get("prompt_chars") or 0, state.relayed_chars)
+        if self.charge is not None:
+            self.metrics.charged(self.key_id, self.charge.prompt_tokens, self.charge.completion_tokens, self.charge.cost_usd)
         level = logging.INFO if outcome in ("finished", "client_disconnected") else logging.WARNING
         extra = {
             "outcome": outcome,
@@ -71,11 +77,17 @@ class OutcomeLog:
             "duration_ms": round(duration * 1000, 2),
             "ttft_ms": None if state.ttft is None else round(state.ttft * 1000, 2),
             "key_id": self.key_id,
-            "completion_tokens": (usage or {}).get("completion_tokens"),
+            **Charge.log_fields(self.charge),
             **fields,
             **self.fields,
         }
         log.log(level, "stream %s", outcome.replace("_", " "), extra=extra)
+
+    async def settle(self) -> None:
+        """Charge the call once; awaited before its last event, so the client's next request sees the spend."""
+        charge, self.charge = self.charge, None
+        if charge is not None and self.budgets is not None:
+            await self.budgets.charge(self.client_id, charge.total_tokens, charge.cost_usd)
 
 
 class Relay:
@@ -132,7 +144,9 @@ class Relay:
                 raise internal_error() from exc
         except UpstreamError as error:
             outcome = outcome_of(error)
-            self.outcome(outcome, self.state, upstream_status=call.status, error_type=error.error_type, **self._prompt())
+            state = self.state
+            self.outcome(outcome, state, upstream_status=call.status, error_type=error.error_type, usage=state.usage, **self._prompt())
+            await self.outcome.settle()  # a cut or cancelled call pays for what was generated
             if sink.gone:  # a client that left; a resumable stream's log still records why it ended
                 return
             if not sink.started:
@@ -148,6 +162,7 @@ class Relay:
             finish_reason=state.finish_reason,
             **self._prompt(),
         )
+        await self.outcome.settle()
         if not sink.started:  # an upstream that answered [DONE] and nothing else
             self._start()
         sink.end(self.encoder.end(state))

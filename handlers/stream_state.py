@@ -40,6 +40,7 @@ class StreamState:
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     answer: list[str] | None = None  # only with LOG_PROMPTS
+    relayed_chars: int = 0  # answer text relayed: the estimate's base when the provider reports no usage
 
     def note(self, found: Found, elapsed: float) -> None:
         """Take in one read: the last finish_reason and usage win; the first content sets the TTFT."""
@@ -49,6 +50,7 @@ class StreamState:
             if chunk.usage is not None:
                 self.usage = chunk.usage
             if chunk.content:
+                self.relayed_chars += len(chunk.content)
                 if self.ttft is None:
                     self.ttft = elapsed
                 if self.answer is not None:

@@ -33,6 +33,14 @@ class StreamingHandler(FollowerMixin):
     # -- request body (with @stream_request_body on the subclass) --------------------------------
     async def prepare(self) -> None:
         await super().prepare()
+        if self.budget is not None and self.budget.exhausted:
+            self.gateway.metrics.budget_exceeded.inc()
+            raise ApiError(
+                429,
+                "budget_exceeded",
+                f"this client's budget for the window is spent; it resets in {self.budget.retry_after} seconds",
+                headers={"Retry-After": self.budget.retry_after},
+            )
         self._body = bytearray()
         self.slot = StreamSlot(self.gateway)
         self.sink = ClientSink(self, self.gateway.settings, self.on_connection_close)
@@ -62,13 +70,25 @@ class StreamingHandler(FollowerMixin):
 
     # -- the stream -------------------------------------------------------------------------------
     def outcome_log(self, model: str, prompt_chars: int) -> OutcomeLog:
-        self.outcome = OutcomeLog(self.gateway.metrics, self.started_at, self.key_id, {"model": model, "prompt_chars": prompt_chars})
+        gateway = self.gateway
+        fields = {"model": model, "prompt_chars": prompt_chars}
+        self.outcome = OutcomeLog(gateway.metrics, self.started_at, self.key_id, fields, gateway.budgets, self.client_id)
         return self.outcome
 
     def upstream_call(self, payload: dict[str, Any], accept: str = "text/event-stream") -> UpstreamCall:
         settings = self.gateway.settings
         headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
-        return UpstreamCall(self.gateway.http_client, settings, payload, headers)
+        return UpstreamCall(self.gateway.http_client, settings, self.metered(payload), headers)
+
+    def metered(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Usage (and OpenRouter's cost) always asked for, and the answer capped to the tokens left in the client's
+        budget, so one call cannot overshoot it by a whole answer; a client's smaller value is kept."""
+        payload = dict(payload, usage={"include": True})
+        left = self.budget.tokens_left if self.budget is not None else None
+        if left is not None:
+            name = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+            payload[name] = min(payload.get(name) or self.gateway.settings.max_tokens_limit, left)
+        return payload
 
     def relay(self, payload: dict[str, Any], encoder: Encoder, messages: Sequence[dict[str, Any]], sink: Sink | None = None) -> Relay:
         """The relay of this request's stream into its own response (or into `sink`)."""

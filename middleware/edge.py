@@ -20,6 +20,7 @@ from middleware.client_ip import client_ip
 from middleware.errors import ApiError, body_too_large, openai_error_body, seed_error_body
 from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
+from server.budgets import Standing
 from server.context import bind_request
 from server.jsonio import dumps
 from server.state import Gateway
@@ -48,6 +49,7 @@ class EdgeMixin(RequestHandler):
     _request_id: str | None = None
     key_id: str | None = None
     _limit_headers: dict[str, str] | None = None
+    budget: Standing | None = None  # the client's budget before this call, when it has one
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -110,12 +112,15 @@ class EdgeMixin(RequestHandler):
         if self.rate_limited or not served:  # a route exempt from the limit is exempt only for what it serves
             settings = gateway.settings
             decision = await gateway.limiter.take(self.client_id, settings.rate_limit, settings.rate_limit_burst)
-            self._limit_headers = decision.headers()
-            for name, value in self._limit_headers.items():
-                self.set_header(name, value)
+            self._keep_headers(decision.headers())
             if not decision.allowed:
                 gateway.metrics.rate_limited("rate")
                 raise ApiError(429, "rate_limited", f"rate limit of {settings.rate_limit:g} requests/second exceeded; retry later")
+        if self.protected and served:
+            limits = gateway.budgets.limits_for(self.key_id)
+            if limits.metered:
+                self.budget = await gateway.budgets.standing(self.client_id, limits)
+                self._keep_headers(self.budget.headers() if self.budget else {})
         if not served:
             self.refuse_method()
         if self.request.method == "POST":
@@ -124,6 +129,12 @@ class EdgeMixin(RequestHandler):
     def refuse_method(self) -> None:
         """A method this route does not serve: 405 (with `Allow`, from `write_error`)."""
         raise HTTPError(405)
+
+    def _keep_headers(self, values: dict[str, str]) -> None:
+        """Set now and again on an error answer (which clears the headers first)."""
+        self._limit_headers = {**(self._limit_headers or {}), **values}
+        for name, value in values.items():
+            self.set_header(name, value)
 
     def _check_body_headers(self) -> None:
         content_type = self.request.headers.get("Content-Type", "")

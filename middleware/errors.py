@@ -17,6 +17,8 @@ _OPENAI_TYPES = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+# error_type -> OpenAI's `type` where the status alone would name the wrong one
+_OPENAI_TYPES_BY_ERROR = {"budget_exceeded": "insufficient_quota"}
 
 
 class ApiError(HTTPError):
@@ -58,5 +60,5 @@ def seed_error_body(status: int, error_type: str, message: str, request_id: str)
 
 
 def openai_error_body(status: int, error_type: str, message: str, request_id: str, field: str | None = None) -> dict[str, Any]:
-    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    kind = _OPENAI_TYPES_BY_ERROR.get(error_type) or _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": field, "code": error_type, "request_id": request_id}}

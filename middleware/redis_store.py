@@ -143,7 +143,7 @@ class RedisStore:
     # -- LimiterStore ------------------------------------------------------------------------------
     async def take(self, client: str, rate: float, burst: float) -> Decision:
         try:
-            allowed, tokens = await self._run(self._take, f"{self._prefix}rate:{client}", rate, burst)
+            allowed, tokens = await self.run(self._take, f"{self._prefix}rate:{client}", rate, burst)
         except StoreUnavailableError:
             return Decision(allowed=True, limit=int(burst), remaining=int(burst), reset_after=0.0, retry_after=0.0)
         return bucket_decision(bool(allowed), float(tokens), rate, burst)
@@ -151,7 +151,7 @@ class RedisStore:
     async def acquire_stream(self, client: str, limit: int) -> bool:
         slot = uuid.uuid4().hex
         try:
-            taken = await self._run(self._acquire, self._slots_key(client), limit, self._ttl_ms, slot)
+            taken = await self.run(self._acquire, self._slots_key(client), limit, self._ttl_ms, slot)
         except StoreUnavailableError:
             self._uncounted[client] += 1
             return True
@@ -174,7 +174,7 @@ class RedisStore:
         if not slots:
             del self._slots[client]
         with contextlib.suppress(StoreUnavailableError):
-            await self._run(self._release, self._slots_key(client), slot, quiet=True)
+            await self.run(self._release, self._slots_key(client), slot, quiet=True)
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -197,10 +197,17 @@ class RedisStore:
             await asyncio.sleep(self.stream_ttl / 3)
             for client, slots in list(self._slots.items()):
                 with contextlib.suppress(StoreUnavailableError):
-                    await self._run(self._refresh, self._slots_key(client), self._ttl_ms, *slots, quiet=True)
+                    await self.run(self._refresh, self._slots_key(client), self._ttl_ms, *slots, quiet=True)
+
+    def register(self, source: str) -> AsyncScript:
+        """A Lua script on this store's client, for other ledgers that share its Redis and its outage handling."""
+        return self._client.register_script(source)
+
+    def key(self, name: str) -> str:
+        return self._prefix + name
 
     # -- outage handling ----------------------------------------------------------------------------
-    async def _run(self, script: AsyncScript, key: str, *args: float | int, quiet: bool = False) -> Any:
+    async def run(self, script: AsyncScript, key: str, *args: float | int | str, quiet: bool = False) -> Any:
         """Run one script; on failure count it, apply the fail mode (closed raises a 503) and raise
         StoreUnavailableError. `quiet` (releases) skips the fail mode: nothing is being decided."""
         if self._down_since is not None and time.monotonic() < self._retry_at:

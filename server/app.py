@@ -10,6 +10,7 @@ from handlers.health import HealthHandler
 from handlers.metrics import MetricsHandler
 from handlers.openai import ChatCompletionsHandler, ModelHandler, ModelsHandler, OpenAINotFoundHandler
 from handlers.streams import StreamsHandler
+from handlers.usage import UsageHandler
 from handlers.web import WEB_ROUTES, web_settings
 from middleware.edge import log_completed
 from server.config import Settings
@@ -25,6 +26,7 @@ def make_app(settings: Settings, gateway: Gateway | None = None) -> Application:
         (r"/v1/chat/completions", ChatCompletionsHandler),
         (r"/v1/models", ModelsHandler),
         (r"/v1/models/(.+)", ModelHandler),
+        (r"/v1/usage", UsageHandler),
         (r"/v1/.*", OpenAINotFoundHandler),
     ]
     if settings.metrics_enabled:

@@ -86,5 +86,8 @@ def parse_chunk(data: str) -> Chunk | None:
 
 
 def summarize_completion(answer: dict[str, Any]) -> Chunk:
-    """A non-streaming `chat.completion`'s finish reason and usage, for the outcome line and the metrics."""
-    return Chunk(finish_reason=_finish_reason(_first_choice(answer)), usage=clean_usage(answer.get("usage")))
+    """A non-streaming `chat.completion`'s text, finish reason and usage, for the outcome line, metrics and budgets."""
+    choice = _first_choice(answer)
+    message = choice.get("message")
+    content = message["content"] if isinstance(message, dict) and isinstance(message.get("content"), str) else ""
+    return Chunk(content, _finish_reason(choice), clean_usage(answer.get("usage")))

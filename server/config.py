@@ -126,13 +126,32 @@ def _milliseconds(name: str, raw: str) -> float:
     return _number(float, "a number of milliseconds >= 0", 0, 1e6)(name, raw) / 1000
 
 
-def _keys_file(name: str, raw: str) -> tuple[str, ...]:
-    """The keys of a file, one a line; blank lines and `#` comments are skipped."""
+_KEY_LINE_FORM = "one key a line, optionally followed by a token budget and a cost budget in USD (- keeps the default)"
+KeyLine = tuple[str, int | None, float | None]  # key, token budget, cost budget; None keeps the default
+
+
+def _keys_file(name: str, raw: str) -> tuple[KeyLine, ...]:
+    """`key [token_budget [cost_budget_usd]]` a line; blank lines and `#` comments are skipped."""
     try:
         lines = Path(raw.strip()).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(name, f"a readable file with one key a line ({exc.strerror})") from None
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    entries = enumerate(lines, 1)
+    return tuple(_key_line(name, line.split(), number) for number, line in entries if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _key_line(name: str, columns: list[str], number: int) -> KeyLine:
+    if len(columns) > 3:
+        raise ConfigError(name, f"{_KEY_LINE_FORM} (line {number} has {len(columns)} columns)")
+    tokens, cost = [*columns[1:], "-", "-"][:2]
+    try:
+        token_budget = None if tokens == "-" else int(tokens)
+        cost_budget = None if cost == "-" else float(cost)
+    except ValueError:
+        raise ConfigError(name, f"{_KEY_LINE_FORM} (line {number})") from None  # no echo: the line holds a key
+    if (token_budget is not None and token_budget < 0) or (cost_budget is not None and not 0 <= cost_budget < math.inf):
+        raise ConfigError(name, f"{_KEY_LINE_FORM}; budgets >= 0 (line {number})")
+    return columns[0], token_budget, cost_budget
 
 
 @dataclass(frozen=True)
@@ -219,9 +238,11 @@ class Settings:
         "start-up when `HOST` is not loopback); never logged: logs show a key id, the first 8 hex digits of its SHA-256",
         heading="Edge: client keys, rate limits, validation, headers", secret=True,
     )
-    file_client_keys: tuple[str, ...] = setting(
+    file_client_keys: tuple[KeyLine, ...] = setting(
         "CLIENT_API_KEYS_FILE", (), _keys_file,
-        "a file of keys, one a line (blank lines and `#` comments ignored), added to `CLIENT_API_KEYS`", secret=True,
+        "a file of keys added to `CLIENT_API_KEYS`, one a line as `key [token_budget [cost_budget_usd]]` (`-` keeps the "
+        "default budget; blank lines and `#` comments ignored)",
+        secret=True,
     )
     rate_limit: float = setting(
         "RATE_LIMIT", 10.0, _number(float, "a number of requests/second > 0 such as 10 or 0.5", 1e-6, 1e9),
@@ -261,6 +282,20 @@ class Settings:
     models_cache_secs: float = setting(
         "MODELS_CACHE_SECS", 300.0, _seconds_or_zero,
         "seconds `/v1/models` serves one copy of the provider's catalogue (one upstream call per period)",
+    )
+
+    token_budget: int = setting(
+        "TOKEN_BUDGET", 0, _number(int, "a whole number of tokens >= 0 (0 = off)", 0, 1 << 62),
+        "tokens each client may spend per window (reported by the provider, else estimated); 0 = off",
+        heading="Budgets",
+    )
+    cost_budget_usd: float = setting(
+        "COST_BUDGET_USD", 0.0, _number(float, "a number of US dollars >= 0 (0 = off)", 0, 1e12),
+        "US dollars each client may spend per window (the provider's reported `cost`); 0 = off",
+    )
+    budget_window: int = setting(
+        "BUDGET_WINDOW_SECS", 86400, _number(int, "a whole number of seconds >= 1", 1, 1 << 31),
+        "the budget window in seconds: fixed windows aligned to the epoch (by Redis's clock with `RATE_LIMIT_BACKEND=redis`)",
     )
 
     upstream_connect_timeout: float = setting(
@@ -371,7 +406,12 @@ class Settings:
     @property
     def client_api_keys(self) -> tuple[str, ...]:
         """Every key a client may send: `CLIENT_API_KEYS`, then the keys of `CLIENT_API_KEYS_FILE`."""
-        return self.listed_client_keys + self.file_client_keys
+        return self.listed_client_keys + tuple(key for key, _, _ in self.file_client_keys)
+
+    @property
+    def budget_overrides(self) -> tuple[KeyLine, ...]:
+        """The keys of `CLIENT_API_KEYS_FILE` with a budget of their own."""
+        return tuple(line for line in self.file_client_keys if line[1:] != (None, None))
 
     @property
     def open_relay(self) -> bool:

@@ -4,7 +4,8 @@
 the same way (or as its own process: `python -m server.demo_upstream --port 9000 --delay-ms 0`).
 It speaks what OpenRouter speaks: `POST {base}/chat/completions` answering `text/event-stream` with a
 `: OPENROUTER PROCESSING` comment, `chat.completion.chunk` JSON lines, a finish chunk, a usage chunk and
-`data: [DONE]` (or one `chat.completion` JSON when `stream` is false), and `GET {base}/models`.
+`data: [DONE]` (or one `chat.completion` JSON when `stream` is false), and `GET {base}/models`. Usage counts
+words as tokens and, when the request asks `"usage": {"include": true}`, carries a made-up `cost`.
 The answer quotes the prompt and continues with fixed sentences, so it is deterministic. When `tools` are
 sent it calls one (streamed as OpenAI does: the id and name first, then the arguments in pieces; finish
 reason `tool_calls`), and a `json_schema` or `json_object` response_format gets JSON that fits it.
@@ -36,6 +37,7 @@ FILLER = (
     "Each word you see arrives as its own server-sent event, flushed the moment it is produced. "
     "Point OPENROUTER_BASE_URL at a real provider and set OPENROUTER_API_KEY to get real answers."
 )
+DEMO_USD_PER_TOKEN = 0.000002  # the demo's made-up price, reported as OpenRouter reports cost
 _WORD = re.compile(r"\S+\s*|\s+")
 
 
@@ -123,12 +125,14 @@ class ChatCompletionsHandler(web.RequestHandler):
         call = tool_call_for(body)
         text = call["function"]["arguments"] if call else text_for(body, prompt, self.options)
         pieces = chunk_answer(text, self.options.words_per_chunk) if not call else _slices(text, 8)
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         finish_reason = "tool_calls" if call else "stop"
         if not call and isinstance(max_tokens, int) and 0 < max_tokens < len(pieces):
             pieces, finish_reason = pieces[:max_tokens], "length"
         usage = {"prompt_tokens": len(_WORD.findall(prompt)), "completion_tokens": len(pieces)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if isinstance(body.get("usage"), dict) and body["usage"].get("include"):  # OpenRouter adds the cost in credits (USD)
+            usage["cost"] = round(usage["total_tokens"] * DEMO_USD_PER_TOKEN, 10)
         ident = f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}"
         if body.get("stream"):
             await self._stream(ident, model, _deltas(pieces, call), finish_reason, usage)

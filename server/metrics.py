@@ -30,8 +30,10 @@ disable_created_metrics()
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, per_key: bool = False) -> None:
+        """`per_key`: label spend by key id (client keys on: the label set is bounded by the configured keys)."""
         self.registry = registry or CollectorRegistry()
+        self.per_key = per_key
         r = self.registry
         self.http_requests = Counter("http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
         self.http_duration = Histogram(
@@ -44,7 +46,10 @@ class Metrics:
         self.stream_duration = Histogram("chat_stream_duration_seconds", "Whole stream duration", buckets=_STREAM_BUCKETS, registry=r)
         self.stream_events = Counter("chat_stream_events", "Events relayed to clients", registry=r)
         self.streams = Counter("chat_streams", "Streams ended, by outcome", ["outcome"], registry=r)
-        self.tokens = Counter("chat_tokens", "Tokens reported by the upstream", ["kind"], registry=r)
+        spend_labels = ["key_id"] if per_key else []
+        self.tokens = Counter("chat_tokens", "Tokens charged (reported, else estimated)", ["kind", *spend_labels], registry=r)
+        self.cost = Counter("chat_cost_usd", "US dollars charged (as reported by the upstream)", spend_labels, registry=r)
+        self.budget_exceeded = Counter("budget_exceeded", "Calls refused because the client's budget was spent", registry=r)
         self.upstream_requests = Counter("upstream_requests", "Upstream attempts by HTTP status (error: no status)", ["status"], registry=r)
         self.upstream_retries = Counter("upstream_retries", "Upstream attempts beyond the first", registry=r)
         self.stream_resumes = Counter("chat_stream_resumes", "Readers that reattached to a resumable stream", registry=r)
@@ -78,16 +83,20 @@ class Metrics:
         if retry:
             self.upstream_retries.inc()
 
-    def stream_ended(self, outcome: str, seconds: float, ttft: float | None, usage: dict[str, int] | None) -> None:
+    def stream_ended(self, outcome: str, seconds: float, ttft: float | None) -> None:
         self.streams.labels(outcome).inc()
         self.stream_duration.observe(seconds)
         if ttft is not None:
             self.ttft.observe(ttft)
-        if usage:
-            self.tokens.labels("prompt").inc(_count(usage.get("prompt_tokens")))
-            self.tokens.labels("completion").inc(_count(usage.get("completion_tokens")))
         if outcome == "client_disconnected":
             self.client_disconnects.inc()
+
+    def charged(self, key: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        labels = [key or ""] if self.per_key else []
+        self.tokens.labels("prompt", *labels).inc(prompt_tokens)
+        self.tokens.labels("completion", *labels).inc(completion_tokens)
+        if cost_usd:
+            (self.cost.labels(*labels) if labels else self.cost).inc(cost_usd)
 
     def render(self) -> bytes:
         """This process's registry; with several workers, every worker's values summed from the shared directory."""

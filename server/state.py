@@ -11,6 +11,7 @@ from middleware.client_keys import ClientKeys
 from middleware.cors import CorsPolicy
 from middleware.rate_limit import LimiterStore, MemoryStore
 from middleware.redis_store import RedisStore
+from server.budgets import Budgets, make_ledger
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
@@ -64,22 +65,25 @@ class Gateway:
     cors: CorsPolicy
     metrics: Metrics
     models: ModelCatalogue
+    budgets: Budgets
     resume: ResumeStore | None = None  # None: "resumable" requests are served as plain streams
     streams: ActiveStreams = field(default_factory=ActiveStreams)
     draining: bool = False
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None, limiter: LimiterStore | None = None) -> Gateway:
-        metrics = metrics or Metrics()
+        metrics = metrics or Metrics(per_key=bool(settings.client_api_keys))
+        limiter = limiter or make_limiter(settings, metrics)
         http_client = PooledAsyncHTTPClient(force_instance=True)
         return cls(
             settings=settings,
             http_client=http_client,
-            limiter=limiter or make_limiter(settings, metrics),
+            limiter=limiter,
             client_keys=ClientKeys(settings.client_api_keys),
             cors=CorsPolicy(settings.cors_allowed_origins),
             metrics=metrics,
             models=ModelCatalogue(settings, http_client),
+            budgets=Budgets(settings, make_ledger(settings, limiter)),
             resume=make_resume_store(settings, metrics),
         )
 

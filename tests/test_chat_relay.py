@@ -50,6 +50,7 @@ async def test_upstream_request_carries_key_model_prompt_and_request_id(start_ga
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
         "stream_options": {"include_usage": True},
+        "usage": {"include": True},
     }
 
 

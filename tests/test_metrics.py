@@ -28,6 +28,8 @@ DOCUMENTED = {
     "chat_stream_events": "counter",
     "chat_streams": "counter",
     "chat_tokens": "counter",
+    "chat_cost_usd": "counter",
+    "budget_exceeded": "counter",
     "upstream_requests": "counter",
     "upstream_retries": "counter",
     "client_disconnects": "counter",

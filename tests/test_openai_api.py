@@ -105,6 +105,7 @@ async def test_upstream_gets_the_upstream_key_usage_request_and_the_fields_as_se
         "user": "user-7",
         "stream": True,
         "stream_options": {"include_usage": True},
+        "usage": {"include": True},
     }
 
 
@@ -162,7 +163,7 @@ async def test_sync_sdk_non_streaming_completion(gateway: RunningGateway, upstre
     assert completion.choices[0].message.content == "Hé 世界 👋🏽"
     assert completion.usage is not None and completion.usage.total_tokens == 7
     sent = upstream.requests[0]
-    assert sent["body"] == {"model": "test/model", "messages": HELLO, "max_tokens": 5, "stream": False}
+    assert sent["body"] == {"model": "test/model", "messages": HELLO, "max_tokens": 5, "stream": False, "usage": {"include": True}}
     assert sent["headers"]["Accept"] == "application/json"
 
 
@@ -406,7 +407,7 @@ async def test_null_optional_fields_mean_not_given(gateway: RunningGateway, upst
     body = {"messages": HELLO, "model": None, "stream": True, "temperature": None, "stop": None, "user": None}
     response = await completions(gateway.port, body)
     assert response.status == 200
-    assert set(upstream.requests[0]["body"]) == {"model", "messages", "stream", "stream_options"}
+    assert set(upstream.requests[0]["body"]) == {"model", "messages", "stream", "stream_options", "usage"}
 
 
 async def test_sdk_raises_bad_request_with_param(gateway: RunningGateway) -> None:
@@ -479,6 +480,7 @@ async def test_chat_messages_model_and_options_reach_upstream(gateway: RunningGa
         "stream_options": {"include_usage": True},
         "temperature": 0.2,
         "max_tokens": 9,
+        "usage": {"include": True},
     }
 
 

@@ -195,6 +195,7 @@ async def test_optional_fields_are_forwarded_upstream(start_gateway, upstream: F
         "stream_options": {"include_usage": True},
         "temperature": 0,
         "max_tokens": 100,
+        "usage": {"include": True},
     }
     assert (await chat(gateway.port, {"prompt": "hi", "temperature": 2, "max_tokens": 1})).status == 200
     assert (upstream.requests[1]["body"]["temperature"], upstream.requests[1]["body"]["max_tokens"]) == (2, 1)
