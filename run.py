@@ -1,6 +1,6 @@
 """Start the gateway: `python run.py` (needs OPENROUTER_API_KEY) or `python run.py --demo` (offline).
 
-`python run.py chat "prompt" [--url URL] [--key KEY]` is the terminal client (server/client.py) instead.
+`python run.py chat "prompt" [--url URL] [--key KEY]` is the terminal client (client/chat.py) instead.
 """
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ import argparse
 import logging
 import sys
 
-from server import client
+from app.lifecycle import run, serve
+from app.workers import run_workers
+from client import chat
 from server.config import ConfigError, load_settings
-from server.lifecycle import run, serve
 from server.logs import configure_logging
-from server.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["chat"]:
-        return client.main(argv[1:], prog="run.py chat")
+        return chat.main(argv[1:], prog="run.py chat")
     parser = argparse.ArgumentParser(
         description="tornado-ai-stream: an SSE gateway for OpenRouter-compatible LLM APIs",
         epilog='terminal client: run.py chat "prompt" [--url URL] [--key KEY] (see run.py chat --help)',

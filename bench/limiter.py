@@ -6,7 +6,7 @@ import gc
 import tracemalloc
 from dataclasses import dataclass
 
-from middleware.rate_limit import MemoryStore
+from server.rate_limit import MemoryStore
 
 _MB = 1024 * 1024
 

@@ -19,8 +19,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
+from app.lifecycle import run
 from server.http_client import PooledAsyncHTTPClient
-from server.lifecycle import run
 
 
 class RelayHandler(web.RequestHandler):

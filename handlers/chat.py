@@ -1,4 +1,4 @@
-"""`POST /chat`: the seed's API. A prompt (or messages) in; `connected`, `content`..., then `done` or `error` out.
+"""`POST /chat`: the gateway's own simple API. A prompt (or messages) in; `connected`, `content`..., then `done` or `error` out.
 
 Each event is `data: {"content": str, "request_id": str, "type": ...}\\n\\n`; `done` adds `finish_reason`
 and `usage` when the upstream reported them, `error` adds `error_type` (and `status` for upstream HTTP
@@ -18,10 +18,10 @@ from handlers.sink import server_timing
 from handlers.slot import StreamSlot
 from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
-from middleware.chat_validation import validate_chat
 from server.completions import Chunk
 from server.jsonio import dumps, encode_json_string
 from server.resume import ResumeStore
+from server.schemas.chat import validate_chat
 from server.sse import SSEEvent
 from server.upstream import UpstreamError
 

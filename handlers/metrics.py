@@ -5,8 +5,8 @@ from __future__ import annotations
 import hmac
 
 from handlers.base import BaseHandler
-from middleware.client_keys import bearer_token
-from middleware.errors import ApiError
+from server.client_keys import bearer_token
+from server.errors import ApiError
 from server.metrics import CONTENT_TYPE
 
 

@@ -17,10 +17,11 @@ from handlers.relay import outcome_of
 from handlers.sink import server_timing
 from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
-from middleware.errors import ApiError, openai_error_body
-from middleware.openai_validation import OpenAIChatRequest, validate_openai_chat
+from middleware.errors import openai_error_body
 from server.completions import Chunk, summarize_completion
+from server.errors import ApiError
 from server.jsonio import dumps, loads
+from server.schemas.openai import OpenAIChatRequest, validate_openai_chat
 from server.sse import SSEEvent, encode_data
 from server.upstream import UpstreamCall, UpstreamError
 

@@ -6,7 +6,7 @@ the stream really ends, which for a resumable stream can be long after its reque
 
 from __future__ import annotations
 
-from middleware.errors import ApiError
+from server.errors import ApiError
 from server.state import Gateway
 from server.upstream import UpstreamCall
 

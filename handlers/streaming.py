@@ -17,8 +17,8 @@ from handlers.follow import FollowerMixin
 from handlers.relay import Encoder, OutcomeLog, Relay
 from handlers.sink import ClientSink, Sink
 from handlers.slot import StreamSlot
-from middleware.errors import ApiError, body_too_large
 from server.context import bind_request
+from server.errors import ApiError, LimiterUnavailableError, body_too_large
 from server.upstream import UpstreamCall, upstream_headers
 
 
@@ -99,7 +99,7 @@ class StreamingHandler(FollowerMixin):
         """An exception nobody expected: Tornado logs its traceback (once); the stream's outcome is still counted."""
         super().log_exception(typ, value, tb)
         outcome = getattr(self, "outcome", None)
-        if outcome is not None and not isinstance(value, HTTPError):
+        if outcome is not None and not isinstance(value, (HTTPError, ApiError, LimiterUnavailableError)):
             outcome("internal_error", error_type="internal_error")
 
     def on_connection_close(self) -> None:

@@ -11,7 +11,7 @@ import time
 
 from handlers.follow import FollowerMixin
 from handlers.sink import ClientSink, server_timing
-from middleware.errors import ApiError
+from server.errors import ApiError
 from server.resume import ResumableStream, StreamExpiredError, StreamNotFoundError
 
 

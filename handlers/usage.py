@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
-from middleware.errors import ApiError
+from server.errors import ApiError
 
 
 class UsageHandler(BaseHandler):

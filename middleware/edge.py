@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from functools import cached_property
+from types import TracebackType
 from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
 from middleware.client_ip import client_ip
-from middleware.errors import ApiError, body_too_large, openai_error_body, seed_error_body
+from middleware.errors import gateway_error_body, openai_error_body
 from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
 from server.budgets import Standing
 from server.context import bind_request
+from server.errors import ApiError, LimiterUnavailableError, body_too_large
 from server.jsonio import dumps
 from server.state import Gateway
 
@@ -41,7 +43,7 @@ class _EveryMethod(tuple[str, ...]):
 class EdgeMixin(RequestHandler):
     SUPPORTED_METHODS = _EveryMethod()
     csp = API_CSP
-    error_style = "seed"  # "openai" on /v1 routes: the shape those SDKs parse
+    error_style = "gateway"  # "openai" on /v1 routes: the shape those SDKs parse
     protected = False  # needs a client key when CLIENT_API_KEYS is set
     rate_limited = True
     route = "unmatched"  # the route template: the only path label metrics and logs aggregate by
@@ -155,6 +157,8 @@ class EdgeMixin(RequestHandler):
     # -- errors ------------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, LimiterUnavailableError):
+            error = ApiError(503, "rate_limiter_unavailable", str(error), headers={"Retry-After": str(error.retry_after)})
         if isinstance(error, ApiError):
             self.write_api_error(error)
             return
@@ -181,9 +185,14 @@ class EdgeMixin(RequestHandler):
         if self.error_style == "openai":
             body = openai_error_body(error.status_code, error.error_type, error.message, self.request_id, error.field)
         else:
-            body = seed_error_body(error.status_code, error.error_type, error.message, self.request_id)
+            body = gateway_error_body(error.status_code, error.error_type, error.message, self.request_id)
         self.set_header("Content-Type", "application/json")
         self.finish(dumps(body))  # a message may quote client input: a lone surrogate stays an escape
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        """A refused request is an answer, not a crash: no traceback for it."""
+        if not isinstance(value, (ApiError, LimiterUnavailableError)):
+            super().log_exception(typ, value, tb)
 
     def allowed_methods(self) -> list[str]:
         return [m for m in _HANDLER_METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]

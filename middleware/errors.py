@@ -1,11 +1,9 @@
-"""`ApiError` and the two error shapes: the seed's for /chat and the rest, OpenAI's for /v1 routes."""
+"""The two error shapes on the wire: the gateway's own for /chat and the rest, OpenAI's for /v1 routes."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-
-from tornado.web import HTTPError
 
 # error_type -> OpenAI's `type` for the same failure, so SDKs map it to the right exception
 _OPENAI_TYPES = {
@@ -21,35 +19,11 @@ _OPENAI_TYPES = {
 _OPENAI_TYPES_BY_ERROR = {"budget_exceeded": "insufficient_quota"}
 
 
-class ApiError(HTTPError):
-    """An error answer: HTTP status, a stable `error_type`, a precise message, optional headers."""
-
-    def __init__(
-        self,
-        status: int,
-        error_type: str,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(status)
-        self.error_type = error_type
-        self.message = message
-        self.headers = headers or {}
-        self.field = field
-
-
-def body_too_large(message: str) -> ApiError:
-    """413: answered before the body is read, so the connection closes after it (and says so)."""
-    return ApiError(413, "body_too_large", message, headers={"Connection": "close"})
-
-
 def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def seed_error_body(status: int, error_type: str, message: str, request_id: str) -> dict[str, Any]:
+def gateway_error_body(status: int, error_type: str, message: str, request_id: str) -> dict[str, Any]:
     return {
         "message": message,
         "code": status,

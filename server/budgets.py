@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from middleware.client_keys import key_id
-from middleware.rate_limit import MAX_TRACKED_CLIENTS, LimiterStore
-from middleware.redis_store import RedisStore, StoreUnavailableError
+from server.client_keys import key_id
 from server.config import Settings
+from server.rate_limit import MAX_TRACKED_CLIENTS, LimiterStore
+from server.redis_store import RedisStore, StoreUnavailableError
 
 
 @dataclass(frozen=True, slots=True)

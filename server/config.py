@@ -68,7 +68,7 @@ def _choice(*options: str) -> Callable[[str, str], str]:
 
 
 def _port(name: str, raw: str) -> int:
-    """Accept `8080` and the Go seed's `:8080`."""
+    """Accept `8080` and the Go original's `:8080`."""
     return _number(int, "a port 1-65535 such as 8080 or :8080", 1, 65535)(name, raw.strip().removeprefix(":"))
 
 
@@ -209,7 +209,7 @@ class Settings:
     app_title: str = setting("APP_TITLE", "", _text, "sent upstream as `X-Title` when set")
 
     host: str = setting("HOST", "127.0.0.1", _text, "listen address", heading="Server")
-    port: int = setting("PORT", 8080, _port, "listen port; the Go seed's `:8080` form works too")
+    port: int = setting("PORT", 8080, _port, "listen port; the Go original's `:8080` form works too")
     read_timeout: float = setting("READ_TIMEOUT_SECS", 15.0, _seconds, "seconds to receive a request body")
     write_timeout: float = setting(
         "WRITE_TIMEOUT_SECS", 15.0, _seconds,

@@ -54,7 +54,7 @@ def strict_text(data: str) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """Strict JSON in UTF-8, laid out as json.dumps (`{"a": 1}`, the seed's event format).
+    """Strict JSON in UTF-8, laid out as json.dumps (`{"a": 1}`, the /chat event format).
 
     A lone surrogate goes out as its `\\uXXXX` escape instead of failing to encode; a non-finite float raises
     ValueError (values read with `loads` have none); nesting too deep raises NestingTooDeepError.

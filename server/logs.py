@@ -2,7 +2,7 @@
 
 Every record gets the current request id from `server.context` (a filter), so lines logged by the
 upstream client while serving a request carry it without passing it around. Structured fields travel
-as `extra={...}`; the console shows the seed's layout, JSON shows every known field.
+as `extra={...}`; the console shows one readable line, JSON shows every known field.
 
 Nothing a client sends can break a line: JSON escapes every control character and every line
 separator (`str.splitlines()` included), the console escapes them as `\\n`, `\\x1b`, ...; lone surrogates
@@ -23,8 +23,8 @@ from typing import IO, Any
 import colorama
 from colorama import Fore, Style
 
-from middleware.messages import content_text
 from server.context import request_id_var
+from server.schemas.messages import content_text
 
 FIELDS = (
     "request_id",

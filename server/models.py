@@ -19,9 +19,9 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop
 
-from middleware.validation import allowed_models
 from server.config import Settings
 from server.http_client import PooledAsyncHTTPClient
+from server.schemas.common import allowed_models
 from server.upstream import upstream_headers
 
 log = logging.getLogger("gateway.models")

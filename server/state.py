@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from middleware.client_keys import ClientKeys
-from middleware.cors import CorsPolicy
-from middleware.rate_limit import LimiterStore, MemoryStore
-from middleware.redis_store import RedisStore
 from server.budgets import Budgets, make_ledger
+from server.client_keys import ClientKeys
 from server.config import Settings
+from server.cors import CorsPolicy
 from server.http_client import PooledAsyncHTTPClient
 from server.metrics import Metrics
 from server.models import ModelCatalogue
+from server.rate_limit import LimiterStore, MemoryStore
+from server.redis_store import RedisStore
 from server.resume import MemoryResumeStore, ResumeStore
 from server.resume_redis import RedisResumeStore
 

@@ -24,8 +24,8 @@ from tornado.netutil import bind_sockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.lifecycle import make_server  # noqa: E402
 from server.config import Settings, load_settings  # noqa: E402
-from server.lifecycle import make_server  # noqa: E402
 from server.logs import configure_logging  # noqa: E402
 from server.state import Gateway  # noqa: E402
 from tests.fault_upstream import FaultUpstream  # noqa: E402

@@ -5,7 +5,7 @@ import json
 from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application
 
-from server.app import make_app
+from app.routes import make_app
 from server.config import load_settings
 from server.demo_upstream import DemoOptions, start_demo_upstream
 from server.state import Gateway

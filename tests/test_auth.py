@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from middleware.client_keys import ClientKeys, bearer_token, key_id
+from server.client_keys import ClientKeys, bearer_token, key_id
 from tests.conftest import api_error, chat, request
 from tests.fault_upstream import FaultUpstream
 from tests.services import GatewayProcess

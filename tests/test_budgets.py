@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from middleware.client_keys import key_id
+from server.client_keys import key_id
 from server.config import ConfigError, load_settings
 from tests.conftest import RawResponse, RunningGateway, api_error, chat, free_port, request
 from tests.fault_upstream import FaultUpstream, Scenario

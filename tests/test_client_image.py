@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server import client
-from server.client import image_data_url, stream_chat
+from client import chat as client
+from client.chat import image_data_url, stream_chat
 from tests.conftest import RunningGateway
 from tests.fault_upstream import FaultUpstream
 

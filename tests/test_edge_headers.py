@@ -12,8 +12,8 @@ import pytest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from app.routes import make_app
 from handlers.base import BaseHandler
-from server.app import make_app
 from server.config import load_settings
 from server.logs import RequestContextFilter
 from server.state import Gateway

@@ -19,7 +19,7 @@ from colorama import Fore, Style
 from tornado.log import enable_pretty_logging
 
 from handlers.base import BaseHandler
-from middleware.client_keys import key_id
+from server.client_keys import key_id
 from server.config import load_settings
 from server.logs import TORNADO_LOGGERS, ConsoleFormatter, JsonFormatter, prompt_fields
 from tests.conftest import RunningGateway, chat, connect, parse, read_response, request

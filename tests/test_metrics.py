@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.routes import make_app
 from handlers.base import NotFoundHandler
-from server.app import make_app
 from server.config import load_settings
 from server.metrics import CONTENT_TYPE
 from tests.conftest import ROOT, RunningGateway, build_request, chat, connect, free_port, read_response, request

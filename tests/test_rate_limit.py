@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from middleware.rate_limit import MemoryStore
+from server.rate_limit import MemoryStore
 from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
 

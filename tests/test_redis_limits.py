@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from middleware.errors import ApiError
-from middleware.redis_store import RedisStore
 from server.config import ConfigError, load_settings
+from server.errors import LimiterUnavailableError
+from server.redis_store import RedisStore
 from tests.conftest import RunningGateway, chat
 from tests.services import GatewayProcess, RedisServer, metric, wait_for
 
@@ -99,7 +99,7 @@ def hung(redis_server: RedisServer) -> Iterator[None]:
 
 async def decide(store: RedisStore) -> None:
     """One request's two decisions (rate, then stream slot); a fail-closed 503 counts as decided."""
-    with contextlib.suppress(ApiError):
+    with contextlib.suppress(LimiterUnavailableError):
         await store.take(CLIENT, 100, 100)
         if await store.acquire_stream(CLIENT, 100):
             await store.release_stream(CLIENT)
@@ -190,11 +190,9 @@ async def test_fail_closed_answers_503_with_retry_after(stores: Callable[..., Re
     store = stores(fail_open=False, retry_interval=2)
     redis_server.stop()
     for attempt in (store.take(CLIENT, 1, 1), store.acquire_stream(CLIENT, 1)):
-        with pytest.raises(ApiError) as raised:
+        with pytest.raises(LimiterUnavailableError) as raised:
             await attempt
-        assert raised.value.status_code == 503
-        assert raised.value.error_type == "rate_limiter_unavailable"
-        assert raised.value.headers == {"Retry-After": "2"}
+        assert raised.value.retry_after == 2
     await store.release_stream(CLIENT)  # never raises: nothing is being decided
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from server import client
-from server.client import ChatError, stream_chat
+from client import chat as client
+from client.chat import ChatError, stream_chat
 from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, free_port
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
@@ -29,7 +29,7 @@ def demo_answer(prompt: str) -> str:
 
 def run_client(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.client", *args],
+        [sys.executable, "-m", "client.chat", *args],
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -68,7 +68,7 @@ def test_run_py_chat_streams_the_answer_to_stdout_as_it_arrives(demo: GatewayPro
 
 def test_closed_stdout_aborts_the_request_quietly(demo: GatewayProcess) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.client", "--url", demo.url, "A long answer, please"],
+        [sys.executable, "-m", "client.chat", "--url", demo.url, "A long answer, please"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

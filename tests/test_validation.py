@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.netutil import bind_sockets
 
+from app.lifecycle import make_server
 from server.config import load_settings
-from server.lifecycle import make_server
 from server.state import Gateway
 from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, read_response, request
 from tests.fault_upstream import FaultUpstream

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from app.workers import worker_count
 from server.config import ConfigError, load_settings
-from server.workers import worker_count
 from tests.services import EventStream, GatewayProcess, Supervisord, health, metric, wait_for
 
 HEALTH_OK = 'http_requests_total{method="GET",route="/health",status="200"}'

@@ -32,8 +32,8 @@ from typing import NoReturn
 from prometheus_client import multiprocess, values
 from tornado.netutil import bind_sockets
 
+from app.lifecycle import run, serve
 from server.config import Settings
-from server.lifecycle import run, serve
 from server.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("gateway.workers")

@@ -1,4 +1,4 @@
-"""The terminal client: `python run.py chat "prompt"` or `python -m server.client` (prompt from stdin when none given).
+"""The terminal client: `python run.py chat "prompt"` or `python -m client.chat` (prompt from stdin when none given).
 
 `--image PATH` (repeatable) sends pictures with the prompt, as `data:` URLs in an `image_url` part.
 

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.validation import check_text, invalid
 from server.config import Settings
+from server.schemas.common import check_text, invalid
 
 # /v1 accepts up to this many messages; their text together may be MAX_PROMPT_LENGTH x this long at most
 MAX_MESSAGES = 64

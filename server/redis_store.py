@@ -32,8 +32,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from middleware.errors import ApiError
-from middleware.rate_limit import Decision, bucket_decision
+from server.errors import LimiterUnavailableError
+from server.rate_limit import Decision, bucket_decision
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -234,10 +234,5 @@ class RedisStore:
         if not quiet:
             self._on_error()
             if not self.fail_open:
-                raise ApiError(
-                    503,
-                    "rate_limiter_unavailable",
-                    "the rate limiter is unreachable; retry shortly",
-                    headers={"Retry-After": str(max(1, math.ceil(self.retry_interval)))},
-                )
+                raise LimiterUnavailableError(max(1, math.ceil(self.retry_interval)))
         raise StoreUnavailableError

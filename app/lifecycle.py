@@ -23,7 +23,7 @@ import uvloop
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.netutil import bind_sockets
 
-from server.app import make_app
+from app.routes import make_app
 from server.config import Settings
 from server.demo_upstream import DemoOptions, start_demo_upstream
 from server.listener import GatewayServer, default_max_connections
@@ -117,7 +117,7 @@ async def drain(server: GatewayServer, gateway: Gateway) -> None:
 async def serve(settings: Settings, sockets: list[socket.socket] | None = None, *, worker: bool = False) -> None:
     """Run until a signal, then drain. Returns normally (exit 0) after a drain.
 
-    A pre-forked worker (server/workers.py) gets the parent's listening `sockets` and obeys SIGTERM
+    A pre-forked worker (app/workers.py) gets the parent's listening `sockets` and obeys SIGTERM
     only: the parent turns SIGINT into one SIGTERM per worker, so a terminal's Ctrl-C (sent to the
     whole process group) is not counted twice as "second signal: exit now"."""
     if settings.demo:

@@ -1,13 +1,13 @@
-"""`POST /chat` bodies: the seed's simple schema (a prompt, or messages with text and image parts)."""
+"""`POST /chat` bodies: the simple schema (a prompt, or messages with text and image parts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.messages import chat_rules, check_messages
-from middleware.validation import check_model, check_number, check_text, invalid, parse_json_object, reject_unknown
 from server.config import Settings
+from server.schemas.common import check_model, check_number, check_text, invalid, parse_json_object, reject_unknown
+from server.schemas.messages import chat_rules, check_messages
 
 _CHAT_FIELDS = frozenset({"prompt", "messages", "model", "temperature", "max_tokens", "system", "resumable"})
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.messages import check_messages, openai_rules
-from middleware.validation import check_model, check_number, check_text, invalid, parse_json_object, reject_unknown
 from server.config import Settings
+from server.schemas.common import check_model, check_number, check_text, invalid, parse_json_object, reject_unknown
+from server.schemas.messages import check_messages, openai_rules
 
 MAX_STOP_SEQUENCES = 4
 MAX_USER_LENGTH = 256

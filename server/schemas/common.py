@@ -11,8 +11,8 @@ import math
 import re
 from typing import Any
 
-from middleware.errors import ApiError
 from server.config import Settings
+from server.errors import ApiError
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only a lone one survives JSON decoding (a pair becomes one character)
