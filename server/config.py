@@ -277,7 +277,8 @@ class Settings:
     max_tokens_limit: int = setting("MAX_TOKENS_LIMIT", 32768, _count, "highest `max_tokens` a client may ask for")
     allowed_models: tuple[str, ...] = setting(
         "ALLOWED_MODELS", (), _list,
-        "comma list of the only models clients may pick (`OPENROUTER_MODEL` is always allowed); empty = any `vendor/name`",
+        "comma list of the only models clients may pick and `/v1/models` lists (`OPENROUTER_MODEL` is always allowed); "
+        "empty = any `vendor/name`",
     )
     models_cache_secs: float = setting(
         "MODELS_CACHE_SECS", 300.0, _seconds_or_zero,
@@ -302,12 +303,16 @@ class Settings:
         "UPSTREAM_CONNECT_TIMEOUT_SECS", 10.0, _seconds, "seconds to connect to the upstream", heading="Resilience",
     )
     first_token_timeout: float = setting(
-        "FIRST_TOKEN_TIMEOUT_SECS", 120.0, _seconds, "seconds from sending the request to the first data line (SSE comments do not count)",
+        "FIRST_TOKEN_TIMEOUT_SECS", 120.0, _seconds,
+        "seconds from sending the request to the first data line (SSE comments do not count); non-streaming: to the first "
+        "byte that is not blank keep-alive space",
     )
     upstream_idle_timeout: float = setting(
-        "UPSTREAM_IDLE_TIMEOUT_SECS", 60.0, _seconds, "longest gap between data lines once streaming, seconds (comments do not count)",
+        "UPSTREAM_IDLE_TIMEOUT_SECS", 60.0, _seconds,
+        "longest gap between data lines once streaming (comments do not count), or between reads of a non-streaming "
+        "answer, seconds",
     )
-    stream_max: float = setting("STREAM_MAX_SECS", 600.0, _seconds, "hard cap on one whole stream, seconds")
+    stream_max: float = setting("STREAM_MAX_SECS", 600.0, _seconds, "hard cap on one whole stream or non-streaming answer, seconds")
     heartbeat: float = setting("HEARTBEAT_SECS", 15.0, _seconds, "write `: ping` to the client after this many seconds without any write")
     upstream_retries: int = setting(
         "UPSTREAM_RETRIES", 2, _number(int, "a whole number 0-10", 0, 10),

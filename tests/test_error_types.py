@@ -49,6 +49,12 @@ def _callee(call: ast.Call, enclosing_bases: list[str]) -> str | None:
     return None
 
 
+def _plain_callables(tree: ast.Module) -> set[str]:
+    """Names a module defines without an `error_type` parameter: there they mean the local one, not a namesake."""
+    names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _index(node) is None}
+    return names - {"__init__"}
+
+
 def _positions(trees: list[ast.Module]) -> tuple[dict[str, int], set[str]]:
     """Callable name -> position of its `error_type` parameter (after `self`); and the literal defaults."""
     positions: dict[str, int] = {}
@@ -80,13 +86,15 @@ def produced_error_types() -> dict[str, set[str]]:
     positions, defaults = _positions(list(trees.values()))
     found: dict[str, set[str]] = {value: {"(a parameter default)"} for value in defaults}
     for path, tree in trees.items():
+        plain = _plain_callables(tree)
         for klass_or_module in [tree, *[n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]]:
             bases = [b.id for b in klass_or_module.bases if isinstance(b, ast.Name)] if isinstance(klass_or_module, ast.ClassDef) else []
             for node in ast.walk(klass_or_module):
                 if not isinstance(node, ast.Call):
                     continue
                 arguments = [kw.value for kw in node.keywords if kw.arg == PARAMETER]
-                position = positions.get(_callee(node, bases) or "")
+                callee = _callee(node, bases) or ""
+                position = None if callee in plain else positions.get(callee)
                 if position is not None and len(node.args) > position:
                     arguments.append(node.args[position])
                 for argument in arguments:
@@ -109,6 +117,7 @@ def test_the_collector_finds_each_kind_of_producer() -> None:
     for value in ("rate_limited", "unknown_field", "invalid_request", "upstream_error", "upstream_timeout", "client_disconnected"):
         assert value in found, value
     assert "missing_prompt" in found and "rate_limiter_unavailable" in found  # `a if c else b`; a multi-line call
+    assert "stdout was closed" not in found  # client/chat.py's own stop(failure), not resume.py's stop(error_type, ...)
 
 
 def test_docs_error_table_lists_every_error_type_the_code_can_return() -> None:
