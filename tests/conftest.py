@@ -6,11 +6,13 @@ Tests are `async def` functions run by pytest-tornasync on its `io_loop` fixture
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -243,3 +245,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def eventually(condition: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
+    """Poll `condition` (a function, sync or async) until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.01)

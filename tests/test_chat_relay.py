@@ -9,7 +9,7 @@ import ssl
 
 from bench.procs import SelfSigned
 from server.demo_upstream import DemoOptions, start_demo_upstream
-from tests.conftest import RunningGateway, build_request, chat, connect, hang_up_after_upstream_called, read_response
+from tests.conftest import RunningGateway, build_request, chat, connect, eventually, hang_up_after_upstream_called, read_response
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
 
 TRICKY = ["Hé", "llo 👋🏽 ", "世界", ' "quoted" \\ back', "\nnew line", " ∑ done"]
@@ -140,8 +140,7 @@ async def test_client_disconnect_mid_stream_closes_upstream(gateway: RunningGate
         await writer.drain()
         await read_response(reader, until=lambda body: b'"type": "content"' in body)
     assert await upstream.wait_closed(timeout=1.0)
-    await asyncio.sleep(0.05)
-    assert len(gateway.gateway.streams) == 0
+    await eventually(lambda: len(gateway.gateway.streams) == 0, "the stream to end")
     assert gateway.gateway.http_client.open_connections() == 0
 
 

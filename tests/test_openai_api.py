@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import openai
 import pytest
 
-from tests.conftest import RunningGateway, build_request, chat, connect, read_response, request
+from tests.conftest import RunningGateway, build_request, chat, connect, eventually, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
 
 T = TypeVar("T")
@@ -254,8 +254,7 @@ async def test_error_chunk_before_any_text_is_502(start_gateway, upstream: Fault
 async def test_shutdown_before_first_byte_is_503(gateway: RunningGateway, upstream: FaultUpstream, stream: bool) -> None:
     upstream.scenarios = [Scenario(hang_before_headers=True)]
     pending = asyncio.ensure_future(completions(gateway.port, {"messages": HELLO, "stream": stream}))
-    while not upstream.requests:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: upstream.requests, "the upstream call")
     for handler in list(gateway.gateway.streams):
         handler.shutdown()
     response = await pending
@@ -317,11 +316,9 @@ async def test_client_disconnect_before_first_byte_closes_upstream(gateway: Runn
     async with connect(gateway.port) as (_, writer):
         writer.write(build_request("POST", "/v1/chat/completions", json.dumps({"messages": HELLO, "stream": True}).encode()))
         await writer.drain()
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: upstream.requests, "the upstream call")
     assert await upstream.wait_closed()
-    while gateway.gateway.streams:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not gateway.gateway.streams, "the stream to end")
 
 
 async def test_client_disconnect_cancels_non_streaming_call(gateway: RunningGateway, upstream: FaultUpstream) -> None:
@@ -329,8 +326,7 @@ async def test_client_disconnect_cancels_non_streaming_call(gateway: RunningGate
     async with connect(gateway.port) as (_, writer):
         writer.write(build_request("POST", "/v1/chat/completions", json.dumps({"messages": HELLO}).encode()))
         await writer.drain()
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: upstream.requests, "the upstream call")
     assert await upstream.wait_closed()
 
 

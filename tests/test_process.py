@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import build_request, chat, connect, read_response, request
+from tests.conftest import build_request, chat, connect, eventually, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
 from tests.services import ROOT, GatewayProcess
 
@@ -66,13 +66,12 @@ async def test_drain_finishes_fast_streams_and_ends_slow_ones(io_loop, upstream:
     for _ in range(50):
         streams.append(asyncio.ensure_future(chat(gateway.port, {"prompt": "x"})))
         await asyncio.sleep(0.005)
-    while len(upstream.requests) < 50:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(upstream.requests) == 50, "50 upstream calls")
     async with connect(gateway.port) as (reader, writer):  # a keep-alive connection opened before the signal
         writer.write(build_request("GET", "/health"))
         assert (await read_response(reader)).status == 200
         gateway.signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: gateway.logged("shutting down"), "the drain to begin")
         writer.write(build_request("GET", "/health"))
         health = await read_response(reader)
         assert health.status == 503
@@ -94,10 +93,9 @@ async def test_second_signal_exits_at_once(io_loop, upstream: FaultUpstream, spa
     env = {"OPENROUTER_API_KEY": "sk-test", "OPENROUTER_BASE_URL": upstream.base_url, "SHUTDOWN_TIMEOUT_SECS": "60"}
     gateway = spawn(GatewayProcess, demo=False, **env)
     stream = asyncio.ensure_future(chat(gateway.port, {"prompt": "x"}))
-    while not upstream.requests:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: upstream.requests, "the upstream call")
     gateway.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    await eventually(lambda: gateway.logged("shutting down"), "the drain to begin")
     assert gateway.alive()  # still draining
     gateway.signal(signal.SIGINT)
     assert await wait_exit(gateway, 3) != 0

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from server.rate_limit import MemoryStore
-from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, read_response, request
+from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, eventually, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
 
 
@@ -151,13 +150,6 @@ async def open_streams(port: int, count: int) -> AsyncIterator[None]:
         yield
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 def refused(response: RawResponse, status: int, error_type: str) -> None:
     api_error(response, status, error_type)
     assert response.header("Retry-After") == "1"
@@ -171,7 +163,7 @@ async def test_per_client_stream_cap_is_429_before_any_upstream_call(start_gatew
         refused(response, 429, "too_many_streams")
         assert response.json()["message"] == "at most 2 concurrent streams per client"
         assert len(upstream.requests) == 2
-    await until(lambda: len(gateway.gateway.streams) == 0)
+    await eventually(lambda: len(gateway.gateway.streams) == 0, "the streams to end")
     upstream.scenarios = [Scenario()]
     assert (await chat(gateway.port, {"prompt": "slot freed"})).status == 200
 
@@ -184,7 +176,7 @@ async def test_global_stream_cap_is_503_and_per_client_cap_is_checked_first(star
             busy = await chat(gateway.port, {"prompt": "no room"})
             refused(busy, 503, "server_busy")
             assert busy.json()["message"] == "the gateway is at its limit of 2 streams"
-        await until(lambda: len(gateway.gateway.streams) == 0)
+        await eventually(lambda: len(gateway.gateway.streams) == 0, "the streams to end")
     assert len(upstream.requests) == 4
 
     both = start_gateway(MAX_STREAMS_PER_CLIENT="1", MAX_CONCURRENT_STREAMS="1")

@@ -3,7 +3,6 @@ keys that expire; fail-open and fail-closed outages that log once, count, and he
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -18,7 +17,7 @@ from redis.asyncio import Redis
 from server.config import ConfigError, load_settings
 from server.errors import LimiterUnavailableError
 from server.redis_store import RedisStore
-from tests.conftest import RunningGateway, chat
+from tests.conftest import RunningGateway, chat, eventually
 from tests.services import GatewayProcess, RedisServer, metric, wait_for
 
 CLIENT = "ip:203.0.113.7"
@@ -61,7 +60,7 @@ async def test_bucket_refills_at_the_rate(stores: Callable[..., RedisStore]) -> 
     async def allowed() -> bool:
         return (await store.take(CLIENT, 20, 1)).allowed
 
-    await wait_async(allowed, "a token to refill")
+    await eventually(allowed, "a token to refill")
     assert time.monotonic() - started < 1.0
 
 
@@ -138,7 +137,7 @@ async def test_a_slot_whose_release_was_lost_expires_though_the_client_keeps_str
             await other.release_stream(CLIENT)
         return all(taken)
 
-    await wait_async(two_at_once, "the lost slot to expire", timeout=10.0)
+    await eventually(two_at_once, "the lost slot to expire", timeout=10.0)
 
 
 async def test_a_live_stream_keeps_its_slot_past_the_ttl(stores: Callable[..., RedisStore], redis_server: RedisServer) -> None:
@@ -152,7 +151,7 @@ async def test_a_live_stream_keeps_its_slot_past_the_ttl(stores: Callable[..., R
             score = await probe.zscore(key, slot)
             return score is not None and score > first_expiry + 1000
 
-        await wait_async(refreshed_past_first_expiry, "the holder to refresh its slot")
+        await eventually(refreshed_past_first_expiry, "the holder to refresh its slot")
         assert not await other.acquire_stream(CLIENT, 1)
     await holder.release_stream(CLIENT)
     assert await other.acquire_stream(CLIENT, 1)
@@ -178,7 +177,7 @@ async def test_outage_fails_open_logs_once_counts_and_recovers(
         async def limited_again() -> bool:
             return not (await store.take(CLIENT, 0.01, 1)).allowed
 
-        await wait_async(limited_again, "the store to use Redis again")
+        await eventually(limited_again, "the store to use Redis again")
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     await store.release_stream(CLIENT)  # the slots admitted during the outage never reached Redis
     await store.release_stream(CLIENT)
@@ -220,13 +219,6 @@ async def test_gateway_with_redis_backend_limits_and_fails_closed(
         assert running.gateway.metrics.rate_limit_store_errors._value.get() == 1
     finally:
         await running.gateway.limiter.close()
-
-
-async def wait_async(probe: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await probe():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 # -- two gateway processes, one Redis ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from server.config import ConfigError, load_settings
-from tests.conftest import ROOT, build_request, connect, read_response, request
+from tests.conftest import ROOT, build_request, connect, eventually, read_response, request
 from tests.fault_upstream import FaultUpstream, Scenario
 from tests.services import GatewayProcess, gateway_env, http_request
 
@@ -111,14 +111,14 @@ async def test_grace_expiry_closes_upstream_and_late_reader_gets_the_error(start
     last = late.events[-1]
     assert (last["type"], last["error_type"]) == ("error", "client_disconnected")
     assert late.text == "Hello"
-    await wait_until(lambda: len(gateway.gateway.streams) == 0)
+    await eventually(lambda: len(gateway.gateway.streams) == 0, "the streams to end")
 
 
 async def test_reader_within_grace_keeps_the_call(start_gateway, upstream: FaultUpstream) -> None:
     gateway = start_gateway(RESUME_GRACE_SECS="2")
     upstream.scenarios = [Scenario(pieces=PIECES, delay=0.05)]
     first = await start_and_drop(gateway.port, 2)
-    await wait_until(lambda: gateway.gateway.metrics.streams_detached._value.get() == 1)
+    await eventually(lambda: gateway.gateway.metrics.streams_detached._value.get() == 1, "one detached stream")
     rest = await resume(gateway.port, parse(first[0])[1]["stream_id"], parse(first[-1])[0])
     assert rest.events[-1]["type"] == "done" and not upstream.closed
     assert gateway.gateway.metrics.stream_resumes._value.get() == 1
@@ -131,7 +131,7 @@ async def test_delete_cancels_upstream_and_readers_get_cancelled(start_gateway, 
     first = await start_and_drop(gateway.port, 2)
     stream_id = parse(first[0])[1]["stream_id"]
     reader = asyncio.ensure_future(resume(gateway.port, stream_id, 1))
-    await wait_until(lambda: gateway.gateway.metrics.stream_resumes._value.get() == 1)
+    await eventually(lambda: gateway.gateway.metrics.stream_resumes._value.get() == 1, "one resume")
     deleted = await request(gateway.port, "DELETE", f"/chat/streams/{stream_id}")
     assert deleted.status == 204
     assert await upstream.wait_closed(timeout=1.0)
@@ -172,7 +172,7 @@ async def test_detached_stream_counts_against_the_per_client_cap(start_gateway, 
     refused = await request(gateway.port, "POST", "/chat", {"prompt": "x"})
     assert refused.status == 429
     assert (await request(gateway.port, "DELETE", f"/chat/streams/{parse(first[0])[1]['stream_id']}")).status == 204
-    await wait_until(lambda: len(gateway.gateway.streams) == 0)
+    await eventually(lambda: len(gateway.gateway.streams) == 0, "the streams to end")
     assert (await request(gateway.port, "POST", "/chat", {"prompt": "x"})).status == 200
 
 
@@ -209,13 +209,6 @@ def test_explicit_memory_backend_with_workers_exits_2_with_one_line(tmp_path) ->
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "RESUME_BACKEND" in done.stderr and "WORKERS" in done.stderr
-
-
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_memory_default_with_workers_serves_plain_streams_and_says_so_once(spawn) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import random
 
-from tests.conftest import build_request, chat, connect, free_port
+from tests.conftest import build_request, chat, connect, eventually, free_port
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -38,10 +38,9 @@ async def wave(port: int, rng: random.Random, count: int) -> None:
 
 
 async def settle(gateway) -> None:
-    for _ in range(200):
-        if not gateway.gateway.streams and gateway.gateway.http_client.open_connections() == 0:
-            return
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: not gateway.gateway.streams and gateway.gateway.http_client.open_connections() == 0, "no streams and no upstream sockets"
+    )
 
 
 async def test_thousand_abrupt_disconnects_leak_nothing(start_gateway, upstream: FaultUpstream) -> None:
