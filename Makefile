@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server nginx chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint docs bench screenshot clean system-deps
+.PHONY: run test test-fast lint docs bench screenshot clean system-deps
 
 $(BIN)/activate: setup.py requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ system-deps:
 test: $(BIN)/activate system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --cov --cov-report=term
+
+# The core in about a minute: everything but the tests that start redis-server, nginx, supervisord or chromium.
+test-fast: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not redis and not nginx and not supervisord and not chromium"
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check .

@@ -2,12 +2,14 @@
 
 from setuptools import find_packages, setup
 
+PACKAGES = ("server", "middleware", "handlers", "app", "client")  # the core, the edge, the handlers, the root, the terminal client
+
 setup(
     name="tornado-ai-stream",
     version="0.1.0",
     description="Stream LLM answers from OpenRouter (or any OpenAI-compatible API) to clients as Server-Sent Events",
     python_requires=">=3.11",
-    packages=find_packages(include=["server", "server.*", "middleware", "middleware.*", "handlers", "handlers.*", "app", "app.*", "client", "client.*"]),
+    packages=find_packages(include=[f"{package}{suffix}" for package in PACKAGES for suffix in ("", ".*")]),
     py_modules=["run"],
     include_package_data=True,
     package_data={"server": ["static/*"]},

@@ -196,6 +196,7 @@ def test_key_file_lines_are_checked(tmp_path: Path) -> None:
         load_settings({**base, "TOKEN_BUDGET": "-1"})
 
 
+@pytest.mark.redis
 def test_one_budget_across_two_gateway_processes_sharing_redis(spawn: Callable[..., Any], redis_server: RedisServer) -> None:
     env = {"RATE_LIMIT_BACKEND": "redis", "REDIS_URL": redis_server.url, "TOKEN_BUDGET": "40", "COST_BUDGET_USD": "1"}
     first = spawn(GatewayProcess, "first", **env)

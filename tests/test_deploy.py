@@ -65,6 +65,7 @@ def test_supervisord_conf_runs_from_a_checkout_as_is() -> None:
     assert "user" not in program  # runs as whoever starts supervisord; the header says when to add user=
 
 
+@pytest.mark.nginx
 def test_nginx_site_streams_and_keeps_alive() -> None:
     site = nginx_directives()
     assert site["proxy_buffering"] == ["off"]
@@ -85,6 +86,7 @@ def test_nginx_waits_as_long_as_the_gateway_may_be_silent() -> None:
     assert read_timeout > max(defaults.first_token_timeout, defaults.stream_max)
 
 
+@pytest.mark.nginx
 def test_a_rolling_restart_behind_nginx_loses_no_request(spawn: Callable[..., Any]) -> None:
     draining = spawn(GatewayProcess, name="a", DEMO_DELAY_MS="200", SHUTDOWN_TIMEOUT_SECS="30")
     serving = spawn(GatewayProcess, name="b")
@@ -111,6 +113,7 @@ def test_a_rolling_restart_behind_nginx_loses_no_request(spawn: Callable[..., An
     held.close()
 
 
+@pytest.mark.nginx
 def test_tokens_arrive_through_nginx_as_they_are_produced(spawn: Callable[..., Any]) -> None:
     gateway = spawn(GatewayProcess, DEMO_DELAY_MS="150", TRUSTED_PROXIES="127.0.0.1")
     proxy = spawn(Nginx, gateway.port)
@@ -133,6 +136,7 @@ def test_tokens_arrive_through_nginx_as_they_are_produced(spawn: Callable[..., A
     assert started[0]["client_ip"] == "203.0.113.9"  # nginx appended its peer to X-Forwarded-For; 127.0.0.1 is trusted
 
 
+@pytest.mark.supervisord
 def test_supervisord_serves_restarts_after_kill_and_drains_on_stop(spawn: Callable[..., Any]) -> None:
     supervisor = spawn(Supervisord, DEMO_DELAY_MS="20")
     answer = wait_for(lambda: health(supervisor.port), "the gateway under supervisord")

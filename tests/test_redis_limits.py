@@ -20,6 +20,8 @@ from server.redis_store import RedisStore
 from tests.conftest import RunningGateway, chat, eventually
 from tests.services import GatewayProcess, RedisServer, metric, wait_for
 
+pytestmark = pytest.mark.redis
+
 CLIENT = "ip:203.0.113.7"
 
 

@@ -6,8 +6,12 @@ import http.client
 import json
 from typing import Any
 
+import pytest
+
 from tests.services import GatewayProcess, RedisServer, http_request, wait_for
 from tests.test_resumable import blocks, parse, text
+
+pytestmark = pytest.mark.redis
 
 KEYS = "ck-alice-0000000001,ck-bob-00000000002"
 ALICE = {"Authorization": "Bearer ck-alice-0000000001"}

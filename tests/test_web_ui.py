@@ -21,6 +21,8 @@ from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, head_and_get, request, same_headers
 from tests.services import GatewayProcess
 
+pytestmark = pytest.mark.chromium
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

@@ -103,6 +103,7 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.supervisord
 def test_a_killed_parent_takes_its_workers_along_and_supervisord_brings_it_back(spawn: Callable[..., Any], tmp_path: Path) -> None:
     supervisor = spawn(Supervisord, WORKERS="2", TMPDIR=str(tmp_path))
     parent = supervisor.gateway_pid()
