@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description="Stream LLM answers from OpenRouter (or any OpenAI-compatible API) to clients as Server-Sent Events",
     python_requires=">=3.11",
-    packages=find_packages(include=["server", "server.*", "middleware", "middleware.*", "handlers", "handlers.*", "app", "app.*", "client", "client.*"]),
+    packages=find_packages(
+        include=["server", "server.*", "middleware", "middleware.*", "handlers", "handlers.*", "app", "app.*", "client", "client.*"]
+    ),
     py_modules=["run"],
     include_package_data=True,
     package_data={"server": ["static/*"]},
