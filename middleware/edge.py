@@ -23,6 +23,7 @@ from middleware.request_id import resolve_request_id
 from middleware.security_headers import API_CSP, apply_security_headers
 from server.budgets import Standing
 from server.context import bind_request
+from server.cors import PREFLIGHT_HEADERS
 from server.errors import ApiError, LimiterUnavailableError, body_too_large
 from server.jsonio import dumps
 from server.state import Gateway
@@ -85,7 +86,8 @@ class EdgeMixin(RequestHandler):
         settings = self.gateway.settings
         apply_security_headers(self, self.csp, settings.hsts_max_age if settings.hsts_enabled else None)
         self.set_header("X-Request-ID", self.request_id)
-        self.gateway.cors.apply(self, self.request.headers.get("Origin"))
+        for name, value in self.gateway.cors.headers(self.request.headers.get("Origin")).items():
+            self.set_header(name, value)
         for name, value in (self._limit_headers or {}).items():
             self.set_header(name, value)
 
@@ -150,7 +152,8 @@ class EdgeMixin(RequestHandler):
     def options(self, *args: Any) -> None:
         """CORS preflight on any route: 204, never rate limited."""
         if self.gateway.cors.allows(self.request.headers.get("Origin")):
-            self.gateway.cors.preflight(self)  # the Origin headers are already set, by set_default_headers
+            for name, value in PREFLIGHT_HEADERS.items():  # the Origin headers are already set, by set_default_headers
+                self.set_header(name, value)
         self.set_status(204)
         self.finish()
 

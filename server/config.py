@@ -240,8 +240,8 @@ class Settings:
     )
     file_client_keys: tuple[KeyLine, ...] = setting(
         "CLIENT_API_KEYS_FILE", (), _keys_file,
-        "a file of keys added to `CLIENT_API_KEYS`, one a line as `key [token_budget [cost_budget_usd]]` (`-` keeps the "
-        "default budget; blank lines and `#` comments ignored)",
+        "a file of keys added to `CLIENT_API_KEYS`, one a line as `key [token_budget [cost_budget_usd]]`: `-` keeps the "
+        "default budget, `0` is none for that key; blank lines and `#` comments ignored",
         secret=True,
     )
     rate_limit: float = setting(
@@ -287,12 +287,13 @@ class Settings:
 
     token_budget: int = setting(
         "TOKEN_BUDGET", 0, _number(int, "a whole number of tokens >= 0 (0 = off)", 0, 1 << 62),
-        "tokens each client may spend per window (reported by the provider, else estimated); 0 = off",
+        "tokens each client (its key id, else its IP) may spend per window: the provider's `total_tokens`, else an estimate "
+        "of 4 characters a token; 0 = off",
         heading="Budgets",
     )
     cost_budget_usd: float = setting(
         "COST_BUDGET_USD", 0.0, _number(float, "a number of US dollars >= 0 (0 = off)", 0, 1e12),
-        "US dollars each client may spend per window (the provider's reported `cost`); 0 = off",
+        "US dollars each client may spend per window, as the provider reports them (OpenRouter's `usage.cost`); 0 = off",
     )
     budget_window: int = setting(
         "BUDGET_WINDOW_SECS", 86400, _number(int, "a whole number of seconds >= 1", 1, 1 << 31),
@@ -370,7 +371,7 @@ class Settings:
     )
     rate_limit_backend: str = setting(
         "RATE_LIMIT_BACKEND", "memory", _choice("memory", "redis"),
-        "`memory` (each process counts alone) or `redis` (one budget per client across every worker and host)",
+        "`memory` (each process counts alone) or `redis` (rate limits, stream slots and budgets shared by every worker and host)",
     )
     redis_url: str = setting(
         "REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
