@@ -80,15 +80,16 @@ class RunningGateway:
         return f"http://127.0.0.1:{self.port}"
 
 
+TEST_ENV = {"OPENROUTER_API_KEY": "sk-test-secret-key", "RATE_LIMIT": "1000"}  # every test gateway's settings, before its own
+
+
 @pytest.fixture
 def start_gateway(io_loop: Any, upstream: FaultUpstream) -> Iterator[Callable[..., RunningGateway]]:
     """`start_gateway(RATE_LIMIT="2", ...)`: a gateway on a free port, pointed at the fault upstream."""
     started: list[RunningGateway] = []
 
     def start(**env: str) -> RunningGateway:
-        environ = {"OPENROUTER_API_KEY": "sk-test-secret-key", "OPENROUTER_BASE_URL": upstream.base_url, "RATE_LIMIT": "1000"}
-        environ.update(env)
-        settings = load_settings(environ)
+        settings = load_settings({**TEST_ENV, "OPENROUTER_BASE_URL": upstream.base_url, **env})
         gateway = Gateway.create(settings)
         server = make_server(settings, gateway)
         sockets = bind_sockets(0, "127.0.0.1")
@@ -111,6 +112,11 @@ def gateway(start_gateway: Callable[..., RunningGateway]) -> RunningGateway:
 # -- a raw HTTP/1.1 client: byte-exact bodies, and the power to hang up at any moment -----------------
 
 
+def sse_events(body: bytes) -> list[dict[str, Any]]:
+    """The `data:` payloads of an SSE body, parsed as JSON (/chat format)."""
+    return [json.loads(line[6:]) for line in body.decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+
+
 @dataclass
 class RawResponse:
     status: int
@@ -127,8 +133,7 @@ class RawResponse:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """The `data:` payloads of the SSE body, parsed as JSON (seed /chat format)."""
-        return [json.loads(line[6:]) for line in self.body.decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+        return sse_events(self.body)
 
     @property
     def text(self) -> str:
@@ -220,15 +225,20 @@ async def chat(port: int, body: Any, headers: dict[str, str] | None = None) -> R
 ERROR_FIELDS = {"message", "code", "error_type", "request_id", "timestamp"}
 
 
-def api_error(response: RawResponse, status: int, error_type: str) -> dict[str, Any]:
-    """Assert the one JSON error shape (status, type, the response's request id) and return the body."""
-    assert response.status == status, response.body
-    assert response.header("Content-Type") == "application/json"
-    body = response.json()
+def error_body(status: int, header: Callable[[str], str | None], raw: bytes, expected: int, error_type: str) -> dict[str, Any]:
+    """Assert the one JSON error shape (status, type, the response's request id) and return the body;
+    `header` looks a response header up, so raw-socket and tornado-client responses share the check."""
+    assert status == expected, raw
+    assert header("Content-Type") == "application/json"
+    body = json.loads(raw)
     assert set(body) == ERROR_FIELDS
-    assert (body["code"], body["error_type"]) == (status, error_type), body
-    assert body["request_id"] == response.header("X-Request-ID")
+    assert (body["code"], body["error_type"]) == (expected, error_type), body
+    assert body["request_id"] == header("X-Request-ID")
     return body  # type: ignore[no-any-return]
+
+
+def api_error(response: RawResponse, status: int, error_type: str) -> dict[str, Any]:
+    return error_body(response.status, response.header, response.body, status, error_type)
 
 
 async def hang_up_after_upstream_called(port: int, upstream: FaultUpstream) -> None:

@@ -1,73 +1,90 @@
-"""Client keys over real sockets: 401s, key ids in logs (never keys), keys files, the open-relay warning."""
+"""Client keys: 401s, key ids in logs (never keys), keys files (in process, on AsyncHTTPTestCase), the
+open-relay warning (a real `python run.py`: it is logged at start-up)."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
-
-import pytest
+import tempfile
+from pathlib import Path
 
 from server.client_keys import ClientKeys, bearer_token, key_id
-from tests.conftest import api_error, chat, request
-from tests.fault_upstream import FaultUpstream
+from tests.apptest import GatewayTestCase, log_records
+from tests.conftest import chat, request
 from tests.services import GatewayProcess
 
 KEY_ONE = "ck-live-one-7f3a9c"
 KEY_TWO = "ck-live-two-b81e22"
+WRONG_AUTHORIZATIONS = [
+    None,
+    "",
+    "Bearer",
+    "Bearer ",
+    f"Basic {KEY_ONE}",
+    "Bearer ck-live-one",
+    f"Bearer {KEY_ONE}x",
+    f"Bearer {KEY_ONE.upper()}",
+]
 
 
-@pytest.mark.parametrize(
-    "authorization",
-    [None, "", "Bearer", "Bearer ", f"Basic {KEY_ONE}", "Bearer ck-live-one", f"Bearer {KEY_ONE}x", f"Bearer {KEY_ONE.upper()}"],
-)
-async def test_missing_or_wrong_key_is_401_before_any_upstream_call(
-    start_gateway, upstream: FaultUpstream, authorization: str | None
-) -> None:
-    gateway = start_gateway(CLIENT_API_KEYS=f"{KEY_ONE},{KEY_TWO}")
-    headers = {} if authorization is None else {"Authorization": authorization}
-    response = await chat(gateway.port, {"prompt": "hi"}, headers)
-    body = api_error(response, 401, "unauthorized")
-    assert body["message"] == "missing or invalid client key: send Authorization: Bearer <key>"
-    assert response.header("WWW-Authenticate") == "Bearer"
-    assert upstream.requests == []
+class TwoKeysTest(GatewayTestCase):
+    env = {"CLIENT_API_KEYS": f"{KEY_ONE},{KEY_TWO}"}
+
+    def test_missing_or_wrong_key_is_401_before_any_upstream_call(self) -> None:
+        for authorization in WRONG_AUTHORIZATIONS:
+            with self.subTest(authorization=authorization):
+                response = self.chat({"prompt": "hi"}, {} if authorization is None else {"Authorization": authorization})
+                body = self.api_error(response, 401, "unauthorized")
+                self.assertEqual(body["message"], "missing or invalid client key: send Authorization: Bearer <key>")
+                self.assertEqual(response.headers.get("WWW-Authenticate"), "Bearer")
+                self.assertEqual(self.upstream.requests, [])
 
 
-async def test_valid_keys_pass_and_the_upstream_sees_only_the_gateway_key(start_gateway, upstream: FaultUpstream) -> None:
-    gateway = start_gateway(CLIENT_API_KEYS=f"{KEY_ONE}, {KEY_TWO}")
-    for key in (KEY_ONE, KEY_TWO):
-        response = await chat(gateway.port, {"prompt": "hi"}, {"Authorization": f"bearer  {key} "})
-        assert response.status == 200
-        assert response.events[-1]["type"] == "done"
-    assert [sent["headers"]["Authorization"] for sent in upstream.requests] == ["Bearer sk-test-secret-key"] * 2
+class SpacedKeysTest(GatewayTestCase):
+    env = {"CLIENT_API_KEYS": f"{KEY_ONE}, {KEY_TWO}"}
+
+    def test_valid_keys_pass_and_the_upstream_sees_only_the_gateway_key(self) -> None:
+        for key in (KEY_ONE, KEY_TWO):
+            response = self.chat({"prompt": "hi"}, {"Authorization": f"bearer  {key} "})
+            self.assertEqual(response.code, 200)
+            self.assertEqual(self.events(response)[-1]["type"], "done")
+        self.assertEqual([sent["headers"]["Authorization"] for sent in self.upstream.requests], ["Bearer sk-test-secret-key"] * 2)
 
 
-async def test_health_and_preflight_need_no_key(start_gateway) -> None:
-    gateway = start_gateway(CLIENT_API_KEYS=KEY_ONE)
-    assert (await request(gateway.port, "GET", "/health")).status == 200
-    assert (await request(gateway.port, "OPTIONS", "/chat", headers={"Origin": "https://a.example"})).status == 204
+class OneKeyTest(GatewayTestCase):
+    env = {"CLIENT_API_KEYS": KEY_ONE}
+
+    def test_health_and_preflight_need_no_key(self) -> None:
+        self.assertEqual(self.request("GET", "/health").code, 200)
+        self.assertEqual(self.request("OPTIONS", "/chat", headers={"Origin": "https://a.example"}).code, 204)
+
+    def test_logs_show_the_key_id_never_the_key(self) -> None:
+        wrong = "ck-wrong-secret-0042"
+        with log_records() as records:
+            self.chat({"prompt": "hi"}, {"Authorization": f"Bearer {KEY_ONE}"})
+            self.chat({"prompt": "hi"}, {"Authorization": f"Bearer {wrong}"})
+        expected_id = hashlib.sha256(KEY_ONE.encode()).hexdigest()[:8]
+        completed = [record for record in records if record.getMessage() == "completed"]
+        self.assertEqual([(record.status, record.key_id) for record in completed], [(200, expected_id), (401, None)])  # type: ignore[attr-defined]
+        for record in records:
+            text = str(record.__dict__) + record.getMessage()
+            self.assertNotIn(KEY_ONE, text)
+            self.assertNotIn(wrong, text)
 
 
-async def test_keys_file_adds_to_the_list(start_gateway, upstream: FaultUpstream, tmp_path) -> None:
-    keys_file = tmp_path / "keys.txt"
-    keys_file.write_text(f"# one key a line\n\n  {KEY_TWO}  \n", encoding="utf-8")
-    gateway = start_gateway(CLIENT_API_KEYS=KEY_ONE, CLIENT_API_KEYS_FILE=str(keys_file))
-    assert gateway.settings.client_api_keys == (KEY_ONE, KEY_TWO)
-    assert (await chat(gateway.port, {"prompt": "hi"}, {"Authorization": f"Bearer {KEY_TWO}"})).status == 200
-    assert (await chat(gateway.port, {"prompt": "hi"}, {"Authorization": "Bearer # one key a line"})).status == 401
+class KeysFileTest(GatewayTestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        folder = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(folder.cleanup)
+        keys_file = Path(folder.name) / "keys.txt"
+        keys_file.write_text(f"# one key a line\n\n  {KEY_TWO}  \n", encoding="utf-8")
+        cls.env = {"CLIENT_API_KEYS": KEY_ONE, "CLIENT_API_KEYS_FILE": str(keys_file)}
+        super().setUpClass()
 
-
-async def test_logs_show_the_key_id_never_the_key(start_gateway, upstream: FaultUpstream, caplog: pytest.LogCaptureFixture) -> None:
-    gateway = start_gateway(CLIENT_API_KEYS=KEY_ONE)
-    wrong = "ck-wrong-secret-0042"
-    with caplog.at_level(logging.DEBUG):
-        await chat(gateway.port, {"prompt": "hi"}, {"Authorization": f"Bearer {KEY_ONE}"})
-        await chat(gateway.port, {"prompt": "hi"}, {"Authorization": f"Bearer {wrong}"})
-    expected_id = hashlib.sha256(KEY_ONE.encode()).hexdigest()[:8]
-    completed = [record for record in caplog.records if record.getMessage() == "completed"]
-    assert [(record.status, record.key_id) for record in completed] == [(200, expected_id), (401, None)]  # type: ignore[attr-defined]
-    for record in caplog.records:
-        text = str(record.__dict__) + record.getMessage()
-        assert KEY_ONE not in text and wrong not in text
+    def test_keys_file_adds_to_the_list(self) -> None:
+        self.assertEqual(self.settings.client_api_keys, (KEY_ONE, KEY_TWO))
+        self.assertEqual(self.chat({"prompt": "hi"}, {"Authorization": f"Bearer {KEY_TWO}"}).code, 200)
+        self.assertEqual(self.chat({"prompt": "hi"}, {"Authorization": "Bearer # one key a line"}).code, 401)
 
 
 def test_key_id_and_bearer_parsing() -> None:

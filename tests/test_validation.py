@@ -1,4 +1,8 @@
-"""POST /chat validation over real sockets: 415, 413 (Content-Length and chunked), each 400 case, forwarding, fuzzing."""
+"""POST /chat validation: 415, 413, each 400 case and forwarding in process (AsyncHTTPTestCase), then fuzzing.
+
+Raw-socket tests (pytest functions) only for bytes the tornado HTTP client cannot send: a POST without
+Content-Type (it adds one), a Content-Length whose body never comes, and chunked bodies sent while reading.
+"""
 
 from __future__ import annotations
 
@@ -16,55 +20,12 @@ from tornado.netutil import bind_sockets
 from app.lifecycle import make_server
 from server.config import load_settings
 from server.state import Gateway
-from tests.conftest import RawResponse, RunningGateway, api_error, build_request, chat, connect, read_response, request
+from tests.apptest import GatewayTestCase
+from tests.conftest import RawResponse, RunningGateway, api_error, build_request, connect, read_response, request
 from tests.fault_upstream import FaultUpstream
 
 FIELDS = "max_tokens, messages, model, prompt, resumable, system, temperature"
-
-
-def chunked(data: bytes, size: int = 8192) -> bytes:
-    parts = [b"%x\r\n%s\r\n" % (len(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size)]
-    return b"".join(parts) + b"0\r\n\r\n"
-
-
-async def post_chunked(port: int, data: bytes) -> RawResponse:
-    """Send a chunked body while reading: a server that answers early is heard, whatever it does with the rest."""
-    async with connect(port) as (reader, writer):
-        writer.write(build_request("POST", "/chat", chunked(data), {"Transfer-Encoding": "chunked"}))
-        return await asyncio.wait_for(read_response(reader), 10)
-
-
-# -- 415 and 413 --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx", "application/x-www-form-urlencoded", "json"])
-async def test_content_type_must_be_json(gateway: RunningGateway, upstream: FaultUpstream, content_type: str | None) -> None:
-    raw = build_request("POST", "/chat", b'{"prompt": "hi"}')
-    if content_type is None:
-        raw = raw.replace(b"Content-Type: application/json\r\n", b"")
-    else:
-        raw = raw.replace(b"application/json", content_type.encode())
-    async with connect(gateway.port) as (reader, writer):
-        writer.write(raw)
-        response = await read_response(reader)
-    assert api_error(response, 415, "unsupported_media_type")["message"] == "Content-Type must be application/json"
-    assert upstream.requests == []
-
-
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON;charset=UTF-8"])
-async def test_json_with_charset_is_accepted(gateway: RunningGateway, content_type: str) -> None:
-    response = await request(gateway.port, "POST", "/chat", raw=b'{"prompt": "hi"}', headers={"Content-Type": content_type})
-    assert response.status == 200
-
-
-async def test_oversized_content_length_is_413_before_the_body_is_sent(gateway: RunningGateway, upstream: FaultUpstream) -> None:
-    async with connect(gateway.port) as (reader, writer):
-        writer.write(build_request("POST", "/chat", headers={"Content-Type": "application/json", "Content-Length": "10000000"}))
-        response = await asyncio.wait_for(read_response(reader), 5)  # not one body byte was sent
-    body = api_error(response, 413, "body_too_large")
-    assert body["message"] == "request body is 10000000 bytes; the limit is 65536"
-    assert response.header("Connection") == "close"
-    assert upstream.requests == []
+CONTENT_TYPE_MESSAGE = "Content-Type must be application/json"
 
 
 def exact_body(size: int) -> bytes:
@@ -72,48 +33,56 @@ def exact_body(size: int) -> bytes:
     return body[:-2] + b"x" * (size - len(body)) + body[-2:]
 
 
-async def test_body_limit_is_inclusive_with_content_length(start_gateway) -> None:
-    gateway = start_gateway(MAX_BODY_BYTES="1024", MAX_PROMPT_LENGTH="4000")
-    assert (await request(gateway.port, "POST", "/chat", raw=exact_body(1024))).status == 200
-    api_error(await request(gateway.port, "POST", "/chat", raw=exact_body(1025)), 413, "body_too_large")
+# -- in process: 415, 413 and 400 ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [1025, 70_000, 300_000, 5_000_000])
-async def test_oversized_chunked_body_is_a_json_413(start_gateway, upstream: FaultUpstream, size: int) -> None:
-    gateway = start_gateway(MAX_BODY_BYTES="1024", MAX_PROMPT_LENGTH="100000")
-    response = await post_chunked(gateway.port, exact_body(size))
-    body = api_error(response, 413, "body_too_large")
-    assert body["message"] == "request body is larger than the limit of 1024 bytes"
-    assert response.header("Connection") == "close"
-    assert upstream.requests == []
-    assert (await post_chunked(gateway.port, exact_body(1024))).status == 200  # exactly the limit, chunked
+class ContentTypeTest(GatewayTestCase):
+    def test_content_type_must_be_json(self) -> None:
+        for content_type in ("text/plain", "application/jsonx", "application/x-www-form-urlencoded", "json"):
+            with self.subTest(content_type=content_type):
+                response = self.request("POST", "/chat", raw=b'{"prompt": "hi"}', headers={"Content-Type": content_type})
+                self.assertEqual(self.api_error(response, 415, "unsupported_media_type")["message"], CONTENT_TYPE_MESSAGE)
+                self.assertEqual(self.upstream.requests, [])
+
+    def test_json_with_charset_is_accepted(self) -> None:
+        for content_type in ("application/json; charset=utf-8", "Application/JSON;charset=UTF-8"):
+            with self.subTest(content_type=content_type):
+                response = self.request("POST", "/chat", raw=b'{"prompt": "hi"}', headers={"Content-Type": content_type})
+                self.assertEqual(response.code, 200)
 
 
-# -- 400: each case its own error_type and a message naming the field --------------------------------
+class BodyLimitTest(GatewayTestCase):
+    env = {"MAX_BODY_BYTES": "1024", "MAX_PROMPT_LENGTH": "4000"}
+
+    def test_body_limit_is_inclusive_with_content_length(self) -> None:
+        self.assertEqual(self.request("POST", "/chat", raw=exact_body(1024)).code, 200)
+        self.api_error(self.request("POST", "/chat", raw=exact_body(1025)), 413, "body_too_large")
 
 
-@pytest.mark.parametrize(
-    ("raw", "error_type", "message"),
-    [
-        (b'{"prompt": "caf\xe9"}', "invalid_encoding", "request body is not valid UTF-8"),
-        (b"", "invalid_json", "request body is not valid JSON: Expecting value at line 1 column 1"),
-        (b'{"prompt": "hi"', "invalid_json", "request body is not valid JSON: Expecting ',' delimiter at line 1 column 16"),
-        (b'{"prompt": NaN}', "invalid_json", "request body is not valid JSON: NaN is not a JSON value"),
-        (
-            b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",
-            "invalid_json",
-            "request body is not valid JSON: a number has too many digits",
-        ),
-        (b"[" * 30000 + b"]" * 30000, "invalid_json", "request body is not valid JSON: nested too deeply"),
-        (b'["prompt", "hi"]', "invalid_json", "request body must be a JSON object"),
-        (b'"hi"', "invalid_json", "request body must be a JSON object"),
-        (b"null", "invalid_json", "request body must be a JSON object"),
-    ],
-)
-async def test_undecodable_bodies(gateway: RunningGateway, upstream: FaultUpstream, raw: bytes, error_type: str, message: str) -> None:
-    response = await request(gateway.port, "POST", "/chat", raw=raw)
-    assert api_error(response, 400, error_type)["message"] == message
-    assert upstream.requests == []
+UNDECODABLE: list[tuple[bytes, str, str]] = [
+    (b'{"prompt": "caf\xe9"}', "invalid_encoding", "request body is not valid UTF-8"),
+    (b"", "invalid_json", "request body is not valid JSON: Expecting value at line 1 column 1"),
+    (b'{"prompt": "hi"', "invalid_json", "request body is not valid JSON: Expecting ',' delimiter at line 1 column 16"),
+    (b'{"prompt": NaN}', "invalid_json", "request body is not valid JSON: NaN is not a JSON value"),
+    (
+        b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",
+        "invalid_json",
+        "request body is not valid JSON: a number has too many digits",
+    ),
+    (b"[" * 30000 + b"]" * 30000, "invalid_json", "request body is not valid JSON: nested too deeply"),
+    (b'["prompt", "hi"]', "invalid_json", "request body must be a JSON object"),
+    (b'"hi"', "invalid_json", "request body must be a JSON object"),
+    (b"null", "invalid_json", "request body must be a JSON object"),
+]
+
+
+class UndecodableTest(GatewayTestCase):
+    def test_undecodable_bodies(self) -> None:
+        for raw, error_type, message in UNDECODABLE:
+            with self.subTest(raw=raw[:40], error_type=error_type):
+                response = self.request("POST", "/chat", raw=raw)
+                self.assertEqual(self.api_error(response, 400, error_type)["message"], message)
+                self.assertEqual(self.upstream.requests, [])
 
 
 CASES: list[tuple[dict[str, Any], str, str]] = [
@@ -167,60 +136,116 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "error_type", "message"), CASES)
-async def test_each_invalid_field_is_a_precise_400(
-    start_gateway, upstream: FaultUpstream, body: dict[str, Any], error_type: str, message: str
-) -> None:
-    gateway = start_gateway(MAX_PROMPT_LENGTH="10", MAX_TOKENS_LIMIT="100")
-    assert api_error(await chat(gateway.port, body), 400, error_type)["message"] == message
+class FieldsTest(GatewayTestCase):
+    env = {"MAX_PROMPT_LENGTH": "10", "MAX_TOKENS_LIMIT": "100"}
+
+    def test_each_invalid_field_is_a_precise_400(self) -> None:
+        for body, error_type, message in CASES:
+            with self.subTest(body=json.dumps(body)[:80]):
+                self.assertEqual(self.api_error(self.chat(body), 400, error_type)["message"], message)
+                self.assertEqual(self.upstream.requests, [])
+
+
+class PromptLimitTest(GatewayTestCase):
+    env = {"MAX_PROMPT_LENGTH": "10"}
+
+    def test_prompt_limit_is_inclusive_and_counts_code_points(self) -> None:
+        for prompt in ("x" * 10, "😀" * 10, "é" * 10, "a\tb\r\nc\nd  "):
+            with self.subTest(prompt=prompt):
+                self.assertEqual(self.chat({"prompt": prompt}).code, 200)
+                self.assertEqual(self.upstream.requests[-1]["body"]["messages"], [{"role": "user", "content": prompt}])
+
+
+class ForwardingTest(GatewayTestCase):
+    env = {"MAX_TOKENS_LIMIT": "100"}
+
+    def test_optional_fields_are_forwarded_upstream(self) -> None:
+        body = {"prompt": "hi", "system": "Be brief.", "model": "mistral/tiny-1.0", "temperature": 0, "max_tokens": 100}
+        self.assertEqual(self.chat(body).code, 200)
+        self.assertEqual(
+            self.upstream.requests[0]["body"],
+            {
+                "model": "mistral/tiny-1.0",
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "temperature": 0,
+                "max_tokens": 100,
+                "usage": {"include": True},
+            },
+        )
+        self.assertEqual(self.chat({"prompt": "hi", "temperature": 2, "max_tokens": 1}).code, 200)
+        self.assertEqual((self.upstream.requests[1]["body"]["temperature"], self.upstream.requests[1]["body"]["max_tokens"]), (2, 1))
+
+
+class MessagesTest(GatewayTestCase):
+    def test_messages_are_forwarded_in_order(self) -> None:
+        messages = [
+            {"role": "user", "content": "Hi", "name": "ann"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Again\n"},
+        ]
+        self.assertEqual(self.chat({"messages": messages, "system": "Be brief."}).code, 200)
+        self.assertEqual(self.upstream.requests[0]["body"]["messages"], [{"role": "system", "content": "Be brief."}, *messages])
+
+
+class AllowedModelsTest(GatewayTestCase):
+    env = {"ALLOWED_MODELS": "openai/gpt-4o-mini, meta/llama-3"}
+
+    def test_allowed_models(self) -> None:
+        self.assertEqual(self.chat({"prompt": "hi", "model": "meta/llama-3"}).code, 200)
+        self.assertEqual(self.upstream.requests[-1]["body"]["model"], "meta/llama-3")
+        refused = self.chat({"prompt": "hi", "model": "anthropic/claude-3-opus"})
+        self.assertEqual(
+            self.api_error(refused, 400, "model_not_allowed")["message"],
+            "model 'anthropic/claude-3-opus' is not allowed; allowed: anthropic/claude-3.5-sonnet, openai/gpt-4o-mini, meta/llama-3",
+        )
+        self.assertEqual(len(self.upstream.requests), 1)
+
+
+# -- raw sockets: bytes the HTTP client cannot send ---------------------------------------------------
+
+
+def chunked(data: bytes, size: int = 8192) -> bytes:
+    parts = [b"%x\r\n%s\r\n" % (len(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size)]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+async def post_chunked(port: int, data: bytes) -> RawResponse:
+    """Send a chunked body while reading: a server that answers early is heard, whatever it does with the rest."""
+    async with connect(port) as (reader, writer):
+        writer.write(build_request("POST", "/chat", chunked(data), {"Transfer-Encoding": "chunked"}))
+        return await asyncio.wait_for(read_response(reader), 10)
+
+
+async def test_missing_content_type_is_415(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    raw = build_request("POST", "/chat", b'{"prompt": "hi"}').replace(b"Content-Type: application/json\r\n", b"")
+    async with connect(gateway.port) as (reader, writer):
+        writer.write(raw)
+        response = await read_response(reader)
+    assert api_error(response, 415, "unsupported_media_type")["message"] == CONTENT_TYPE_MESSAGE
     assert upstream.requests == []
 
 
-async def test_prompt_limit_is_inclusive_and_counts_code_points(start_gateway, upstream: FaultUpstream) -> None:
-    gateway = start_gateway(MAX_PROMPT_LENGTH="10")
-    for prompt in ("x" * 10, "😀" * 10, "é" * 10, "a\tb\r\nc\nd  "):
-        response = await chat(gateway.port, {"prompt": prompt})
-        assert response.status == 200, prompt
-        assert upstream.requests[-1]["body"]["messages"] == [{"role": "user", "content": prompt}]
+async def test_oversized_content_length_is_413_before_the_body_is_sent(gateway: RunningGateway, upstream: FaultUpstream) -> None:
+    async with connect(gateway.port) as (reader, writer):
+        writer.write(build_request("POST", "/chat", headers={"Content-Type": "application/json", "Content-Length": "10000000"}))
+        response = await asyncio.wait_for(read_response(reader), 5)  # not one body byte was sent
+    body = api_error(response, 413, "body_too_large")
+    assert body["message"] == "request body is 10000000 bytes; the limit is 65536"
+    assert response.header("Connection") == "close"
+    assert upstream.requests == []
 
 
-async def test_optional_fields_are_forwarded_upstream(start_gateway, upstream: FaultUpstream) -> None:
-    gateway = start_gateway(MAX_TOKENS_LIMIT="100")
-    body = {"prompt": "hi", "system": "Be brief.", "model": "mistral/tiny-1.0", "temperature": 0, "max_tokens": 100}
-    assert (await chat(gateway.port, body)).status == 200
-    assert upstream.requests[0]["body"] == {
-        "model": "mistral/tiny-1.0",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "temperature": 0,
-        "max_tokens": 100,
-        "usage": {"include": True},
-    }
-    assert (await chat(gateway.port, {"prompt": "hi", "temperature": 2, "max_tokens": 1})).status == 200
-    assert (upstream.requests[1]["body"]["temperature"], upstream.requests[1]["body"]["max_tokens"]) == (2, 1)
-
-
-async def test_messages_are_forwarded_in_order(start_gateway, upstream: FaultUpstream) -> None:
-    gateway = start_gateway()
-    messages = [
-        {"role": "user", "content": "Hi", "name": "ann"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Again\n"},
-    ]
-    assert (await chat(gateway.port, {"messages": messages, "system": "Be brief."})).status == 200
-    assert upstream.requests[0]["body"]["messages"] == [{"role": "system", "content": "Be brief."}, *messages]
-
-
-async def test_allowed_models(start_gateway, upstream: FaultUpstream) -> None:
-    gateway = start_gateway(ALLOWED_MODELS="openai/gpt-4o-mini, meta/llama-3")
-    assert (await chat(gateway.port, {"prompt": "hi", "model": "meta/llama-3"})).status == 200
-    assert upstream.requests[-1]["body"]["model"] == "meta/llama-3"
-    refused = await chat(gateway.port, {"prompt": "hi", "model": "anthropic/claude-3-opus"})
-    assert api_error(refused, 400, "model_not_allowed")["message"] == (
-        "model 'anthropic/claude-3-opus' is not allowed; allowed: anthropic/claude-3.5-sonnet, openai/gpt-4o-mini, meta/llama-3"
-    )
-    assert len(upstream.requests) == 1
+@pytest.mark.parametrize("size", [1025, 70_000, 300_000, 5_000_000])
+async def test_oversized_chunked_body_is_a_json_413(start_gateway, upstream: FaultUpstream, size: int) -> None:
+    gateway = start_gateway(MAX_BODY_BYTES="1024", MAX_PROMPT_LENGTH="100000")
+    response = await post_chunked(gateway.port, exact_body(size))
+    body = api_error(response, 413, "body_too_large")
+    assert body["message"] == "request body is larger than the limit of 1024 bytes"
+    assert response.header("Connection") == "close"
+    assert upstream.requests == []
+    assert (await post_chunked(gateway.port, exact_body(1024))).status == 200  # exactly the limit, chunked
 
 
 # -- fuzzing: random JSON and bytes never get a 5xx ---------------------------------------------------
