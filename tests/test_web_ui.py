@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT_ENV = "SCREENSHOT_PATH"  # set by `make screenshot` to refresh docs/screenshot.png
 TIMEOUT_MS = 15_000
 
+LAST_ANSWER = "#thread .turn.assistant:last-child .body"
 DEMO_ENV = {"DEMO_DELAY_MS": "40", "SHUTDOWN_TIMEOUT_SECS": "1"}  # words arrive over many frames
 
 
@@ -176,7 +177,8 @@ class Watched:
         self.page.click("#send")
 
     def answer(self) -> str:
-        return self.page.text_content("#answer") or ""
+        """The latest answer's text as shown."""
+        return self.page.text_content(LAST_ANSWER) or ""
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +215,11 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: Gatew
     # Sample the answer's length once per animation frame until the stream has ended.
     page.evaluate(
         """() => {
-            const answer = document.getElementById('answer'), status = document.getElementById('status');
+            const status = document.getElementById('status');
             window.sampled = [];
             const tick = () => {
-                window.sampled.push(answer.textContent.length);
+                const answer = document.querySelector('#thread .turn.assistant:last-child .body');
+                window.sampled.push(answer ? answer.textContent.length : 0);
                 if (!['done', 'error', 'stopped'].includes(status.dataset.state)) requestAnimationFrame(tick);
             };
             requestAnimationFrame(tick);
@@ -242,16 +245,18 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: Gatew
     assert watched.problems == []
 
 
-def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: GatewayProcess, watched: Watched) -> None:
+def test_stop_cancels_the_stream_and_the_server_closes_the_upstream(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     watched.send("Tell me a long story")
-    page.wait_for_function("() => document.getElementById('answer').textContent.length > 40")
+    page.wait_for_function(f"() => document.querySelector('{LAST_ANSWER}')?.textContent.length > 40")
     assert page.is_disabled("#send")
-    page.click("#stop")
+    with page.expect_response(lambda response: response.request.method == "DELETE") as deleted:
+        page.click("#stop")
     watched.wait_state("stopped")
+    assert re.search(r"/chat/streams/[\w-]+$", deleted.value.url) and deleted.value.status == 204
     request_id = page.text_content("#request-id")
-    logged = demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected" and line.get("request_id") == request_id)
+    logged = demo.wait_for_log(lambda line: line.get("outcome") == "cancelled" and line.get("request_id") == request_id)
     assert logged["logger"] == "gateway.stream"
     shown = watched.answer()
     assert 40 < len(shown) < len(demo_answer("Tell me a long story"))
@@ -268,7 +273,7 @@ def test_html_in_the_answer_is_shown_as_text(demo: GatewayProcess, watched: Watc
     watched.send(prompt)
     watched.wait_state("done")
     assert watched.answer() == demo_answer(prompt)
-    assert page.locator("#answer *").count() == 0  # no <img>, no <b>: only text
+    assert page.locator(f"{LAST_ANSWER} *").count() == 0  # no <img>, no <b>: only text
     assert page.locator("img").count() == 0
     assert page.evaluate("window.pwned") is None
     assert watched.problems == []
@@ -315,7 +320,7 @@ def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: GatewayProcess
         for split in ("whole", "chars"):
             events = page.evaluate(
                 """async ([stream, split]) => {
-                    const { SSEParser } = await import(document.querySelector('script[type=module]').src);
+                    const { SSEParser } = await import('/static/sse.js');
                     const parser = new SSEParser();
                     const pieces = split === 'whole' ? [stream] : [...stream];
                     return pieces.flatMap((piece) => parser.feed(piece)).map((e) => [e.type, e.data, e.lastEventId]);
