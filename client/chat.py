@@ -2,9 +2,12 @@
 
 `--image PATH` (repeatable) sends pictures with the prompt, as `data:` URLs in an `image_url` part.
 
-It POSTs to `{url}/chat` and writes each `content` event to stdout the moment it arrives. Errors (an
-HTTP error before the stream, an `error` event, a stream cut short, no connection, a timeout) go to
-stderr with the request id, and the exit code is 1. It uses the gateway's own `PooledAsyncHTTPClient`
+It POSTs to `{url}/chat` and writes each `content` event to stdout the moment it arrives. The stream is
+requested resumable: when the connection drops mid-answer it reattaches with `GET /chat/streams/{id}` and
+`Last-Event-ID` (backoff capped at 5 s, a bounded number of tries), so no text is lost or printed twice;
+Ctrl-C cancels the stream (`DELETE`) before exiting 130. `--no-resume` sends a plain stream. Errors (an
+HTTP error before the stream, an `error` event, a stream cut short past resuming, no connection, a
+timeout) go to stderr with the request id, and the exit code is 1. It uses the gateway's own `PooledAsyncHTTPClient`
 (an `AsyncHTTPClient`) because it can `abort()` a request at once: on `--timeout`, and when stdout is
 closed (`| head`), so the gateway stops the upstream instead of generating an answer nobody reads.
 Everything comes from flags: the client reads no environment.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import mimetypes
 import os
@@ -31,6 +35,10 @@ from server.sse import SSEParser
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool killed by a closed pipe would report
+RESUME_TRIES = 8  # reattachments in a row without a new event before giving up
+FIRST_BACKOFF = 0.25  # seconds before the first reattachment, doubling up to MAX_BACKOFF
+MAX_BACKOFF = 5.0
+CANCEL_TIMEOUT = 2.0  # seconds Ctrl-C waits for the DELETE before exiting anyway
 
 
 class ChatError(Exception):
@@ -41,23 +49,31 @@ class ChatError(Exception):
 
 
 class _Reply:
-    """One response as it arrives: headers first, then the body fed to the SSE parser or kept for a JSON error.
+    """The answer as it arrives, over one response or several (resumes): for each, headers first, then the
+    body fed to the SSE parser or kept for a JSON error.
 
     Callbacks never raise (the HTTP client would only see the error at its next read); a problem is
     recorded in `failure` and the request is aborted.
     """
 
-    def __init__(self, out: TextIO, abort: Callable[[], None]) -> None:
+    def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.abort = abort
+        self.abort: Callable[[], None] = lambda: None  # aborts the response being read
+        self.ended: dict[str, Any] | None = None  # the terminal event
+        self.failure: str | None = None
+        self.stopped = asyncio.Event()  # set with `failure`: cuts a wait between resumes short
+        self.stdout_closed = False
+        self.at_line_start = True
+        self.stream_id: str | None = None  # a resumable stream's, from `connected`
+        self.last_event_id = -1
+        self.answer_request_id: str | None = None  # the request that started the stream
+        self.next_response()
+
+    def next_response(self) -> None:
         self.status = 0
         self.headers = httputil.HTTPHeaders()
         self.parser = SSEParser()
         self.error_body = b""
-        self.ended: dict[str, Any] | None = None  # the terminal event
-        self.failure: str | None = None
-        self.stdout_closed = False
-        self.at_line_start = True
 
     def on_header(self, line: str) -> None:
         line = line.rstrip("\r\n")
@@ -69,7 +85,7 @@ class _Reply:
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get("X-Request-ID")
+        return self.answer_request_id or self.headers.get("X-Request-ID")
 
     @property
     def streaming(self) -> bool:
@@ -77,7 +93,14 @@ class _Reply:
 
     def stop(self, failure: str) -> None:
         self.failure = failure
+        self.stopped.set()
         self.abort()
+
+    def resumable(self) -> bool:
+        """The connection dropped before the end, and the stream can be picked up again."""
+        if self.stream_id is None or self.ended is not None or self.failure is not None:
+            return False
+        return self.status in (0, 429) or self.status >= 500 or self.streaming
 
     def on_chunk(self, chunk: bytes) -> None:
         if self.failure is not None or self.ended is not None:
@@ -87,6 +110,10 @@ class _Reply:
             return
         try:
             for event in self.parser.feed(chunk):
+                if event.id is not None:
+                    if int(event.id) <= self.last_event_id:
+                        continue  # already written
+                    self.last_event_id = int(event.id)
                 self._on_event(json.loads(event.data))
         except BrokenPipeError:
             self.stdout_closed = True
@@ -96,7 +123,10 @@ class _Reply:
 
     def _on_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "content" and message.get("content"):
+        if kind == "connected":
+            self.stream_id = message.get("stream_id")
+            self.answer_request_id = message.get("request_id")
+        elif kind == "content" and message.get("content"):
             text = message["content"]
             self.out.write(text)
             self.out.flush()
@@ -136,36 +166,61 @@ def image_data_url(path: str) -> str:
     return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def chat_body(prompt: str, images: Sequence[str] = ()) -> dict[str, Any]:
+def chat_body(prompt: str, images: Sequence[str] = (), resumable: bool = False) -> dict[str, Any]:
     """/chat's body: the prompt alone, or one user message with the prompt and the pictures (data: URLs)."""
-    if not images:
-        return {"prompt": prompt}
-    parts = [{"type": "text", "text": prompt}, *({"type": "image_url", "image_url": {"url": url}} for url in images)]
-    return {"messages": [{"role": "user", "content": parts}]}
+    body: dict[str, Any] = {"prompt": prompt}
+    if images:
+        parts = [{"type": "text", "text": prompt}, *({"type": "image_url", "image_url": {"url": url}} for url in images)]
+        body = {"messages": [{"role": "user", "content": parts}]}
+    if resumable:
+        body["resumable"] = True
+    return body
 
 
 async def stream_chat(
-    url: str, prompt: str, out: TextIO, key: str | None = None, timeout: float = 600.0, images: Sequence[str] = ()
+    url: str,
+    prompt: str,
+    out: TextIO,
+    key: str | None = None,
+    timeout: float = 600.0,
+    images: Sequence[str] = (),
+    resume: bool = True,
 ) -> None:
-    """Stream the answer to `out`; raise ChatError on any failure (the text received so far stays written).
+    """Stream the answer to `out`, resuming after dropped connections; raise ChatError on any failure (the
+    text received so far stays written).
 
-    Raises BrokenPipeError when `out` was closed by its reader; the request is aborted then.
+    Raises BrokenPipeError when `out` was closed by its reader; the request is aborted then. Cancelled
+    (Ctrl-C), it cancels the stream on the gateway first.
     """
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    base = url.rstrip("/")
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
     client = PooledAsyncHTTPClient(force_instance=True)
-    request = HTTPRequest(url.rstrip("/") + "/chat", method="POST", headers=headers, body=json.dumps(chat_body(prompt, images)))
-    reply = _Reply(out, lambda: client.abort(request))
-    request.header_callback = reply.on_header
-    request.streaming_callback = reply.on_chunk
-    request.connect_timeout = min(timeout, 10.0)
+    reply = _Reply(out)
+    request = HTTPRequest(
+        base + "/chat",
+        method="POST",
+        headers={**auth, "Content-Type": "application/json", "Accept": "text/event-stream"},
+        body=json.dumps(chat_body(prompt, images, resume)),
+    )
     timer = IOLoop.current().call_later(timeout, reply.stop, f"no complete answer within {timeout:g} seconds")
-    error: Exception | None = None
     try:
-        await client.fetch(request, raise_error=False)
-    except Exception as exc:  # no whole HTTP response (refused, cut off, aborted): the client's 599 errors
-        error = exc
+        error = await _read(client, request, reply, timeout)
+        tries = 0
+        while reply.resumable() and tries < RESUME_TRIES:
+            seen = reply.last_event_id
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(reply.stopped.wait(), min(MAX_BACKOFF, FIRST_BACKOFF * 2**tries))
+            if reply.failure is not None:
+                break
+            reply.next_response()
+            headers = {**auth, "Accept": "text/event-stream", "Last-Event-ID": str(reply.last_event_id)}
+            request = HTTPRequest(f"{base}/chat/streams/{reply.stream_id}", headers=headers)
+            error = await _read(client, request, reply, timeout)
+            tries = 0 if reply.last_event_id != seen else tries + 1
+        await _cancel(client, base, reply, auth)  # given up (timeout, stdout closed...): nobody will read the rest
+    except asyncio.CancelledError:  # Ctrl-C
+        await _cancel(client, base, reply, auth)
+        raise
     finally:
         IOLoop.current().remove_timeout(timer)
         client.close()
@@ -179,6 +234,35 @@ async def stream_chat(
         if not reply.at_line_start:  # leave the shell prompt on a line of its own
             out.write("\n")
             out.flush()
+
+
+async def _read(client: PooledAsyncHTTPClient, request: HTTPRequest, reply: _Reply, timeout: float) -> Exception | None:
+    """One response into `reply`; the error when there was no whole HTTP response (refused, cut off, aborted)."""
+    reply.abort = lambda: client.abort(request)
+    request.header_callback = reply.on_header
+    request.streaming_callback = reply.on_chunk
+    request.connect_timeout = min(timeout, 10.0)
+    fetching = client.fetch(request, raise_error=False)
+    try:
+        await asyncio.shield(fetching)
+    except asyncio.CancelledError:  # Ctrl-C: end the request here, not in a future nobody awaits any more
+        client.abort(request)
+        with contextlib.suppress(Exception):
+            await fetching
+        raise
+    except Exception as exc:  # the client's 599 errors
+        return exc
+    return None
+
+
+async def _cancel(client: PooledAsyncHTTPClient, base: str, reply: _Reply, headers: dict[str, str]) -> None:
+    """DELETE a resumable stream nobody will read, which would otherwise run on for RESUME_GRACE_SECS; best
+    effort, so Ctrl-C exits even when the gateway is gone."""
+    if reply.stream_id is None or reply.ended is not None:
+        return
+    url = f"{base}/chat/streams/{reply.stream_id}"
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.fetch(url, method="DELETE", headers=headers, raise_error=False), CANCEL_TIMEOUT)
 
 
 def _describe(error: Exception) -> str:
@@ -195,6 +279,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--key", default=None, help="a client key, sent as Authorization: Bearer <key>")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     parser.add_argument("--image", action="append", default=[], metavar="PATH", help="send this picture with the prompt (repeatable)")
+    parser.add_argument("--no-resume", action="store_true", help="a plain stream: a dropped connection ends the answer")
     args = parser.parse_args(argv)
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read().strip()
     if not prompt:
@@ -206,7 +291,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        asyncio.run(stream_chat(args.url, prompt, sys.stdout, args.key, args.timeout, images))
+        asyncio.run(stream_chat(args.url, prompt, sys.stdout, args.key, args.timeout, images, not args.no_resume))
     except ChatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

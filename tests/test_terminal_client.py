@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from client.chat import ChatError, stream_chat
 from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, free_port
 from tests.fault_upstream import FaultUpstream, Scenario, chunk_json
-from tests.services import GatewayProcess
+from tests.services import GatewayProcess, metric, wait_for
+from tests.tcp_relay import TcpRelay
 
 REQUEST_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -78,7 +80,7 @@ def test_closed_stdout_aborts_the_request_quietly(demo: GatewayProcess) -> None:
     process.stdout.close()  # like `| head -c 3` exiting
     assert process.wait(10) == client.EXIT_BROKEN_PIPE
     assert process.stderr.read() == b""
-    demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected")  # the gateway stopped the upstream
+    demo.wait_for_log(lambda line: line.get("outcome") == "cancelled")  # the client cancelled the stream: upstream closed
 
 
 def test_prompt_from_stdin(demo: GatewayProcess) -> None:
@@ -127,6 +129,68 @@ def test_main_in_process_reads_stdin_and_reports_errors(
     assert captured.out == ""
     expected = rf"error: 'prompt' must not be empty or blank \(HTTP 400, empty_prompt\) \(request id {REQUEST_ID}\)\n"
     assert re.fullmatch(expected, captured.err)
+
+
+# -- resumable streams: a dropped connection, --no-resume, Ctrl-C ---------------------------------------------
+
+
+@pytest.fixture
+def relay(demo: GatewayProcess) -> Iterator[TcpRelay]:
+    relay = TcpRelay(demo.port).start()
+    yield relay
+    relay.close()
+
+
+def start_client(*args: str) -> tuple[subprocess.Popen[bytes], bytes]:
+    """The client as a subprocess, and the first output it flushed (the answer is streaming by then)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.chat", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    return process, os.read(process.stdout.fileno(), 65536)
+
+
+def grown(demo: GatewayProcess, sample: str) -> Any:
+    """How much a /metrics sample has grown since this call."""
+    before = metric(demo.port, sample)
+    return lambda: metric(demo.port, sample) - before
+
+
+UPSTREAM_CALLS = 'upstream_requests_total{status="200"}'
+
+
+def test_a_dropped_connection_resumes_with_no_text_twice_and_one_upstream_call(demo: GatewayProcess, relay: TcpRelay) -> None:
+    calls, resumes = grown(demo, UPSTREAM_CALLS), grown(demo, "chat_stream_resumes_total")
+    process, first = start_client("--url", relay.url, "Drop me halfway")
+    assert relay.reset() == 1
+    rest, errors = process.communicate(timeout=30)
+    assert (first + rest).decode() == demo_answer("Drop me halfway") + "\n"
+    assert (process.returncode, errors) == (0, b"")
+    assert (calls(), resumes()) == (1, 1)
+
+
+def test_no_resume_fails_on_a_dropped_connection_as_before(demo: GatewayProcess, relay: TcpRelay) -> None:
+    resumes = grown(demo, "chat_stream_resumes_total")
+    process, first = start_client("--url", relay.url, "--no-resume", "Drop me halfway")
+    assert relay.reset() == 1
+    rest, errors = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert demo_answer("Drop me halfway").startswith((first + rest).decode().rstrip("\n"))
+    failed = re.fullmatch(rf"error: request to {relay.url}/chat failed: .+ \(request id ({REQUEST_ID})\)\n", errors.decode())
+    assert failed, errors
+    assert resumes() == 0
+    # a plain stream: gone means gone
+    demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected" and line.get("request_id") == failed.group(1))
+
+
+def test_ctrl_c_cancels_the_stream_and_exits_130(demo: GatewayProcess) -> None:
+    cancelled = grown(demo, 'chat_streams_total{outcome="cancelled"}')
+    process, first = start_client("--url", demo.url, "Interrupt me")
+    assert demo_answer("Interrupt me").encode().startswith(first)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(10) == 130
+    wait_for(lambda: cancelled() == 1, "the stream cancelled")  # the DELETE went out before the exit
+    assert process.stderr is not None and process.stderr.read() == b"\n"
 
 
 # -- failures the demo never produces: in-process against the fault upstream ------------------------------

@@ -6,20 +6,22 @@ console error, uncaught exception or CSP violation. Debian's chromium is used (n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
 from middleware.security_headers import API_CSP, PAGE_CSP
 from server.demo_upstream import FILLER
 from tests.conftest import ROOT, RunningGateway, head_and_get, request, same_headers
-from tests.services import GatewayProcess
+from tests.services import GatewayProcess, http_request, metric
+from tests.tcp_relay import TcpRelay
 
 pytestmark = pytest.mark.chromium
 
@@ -37,7 +39,10 @@ CHROMIUM_ARGS = [
 SCREENSHOT_ENV = "SCREENSHOT_PATH"  # set by `make screenshot` to refresh docs/screenshot.png
 TIMEOUT_MS = 15_000
 
+LAST_ANSWER = "#thread .turn.assistant:last-child .body"
 DEMO_ENV = {"DEMO_DELAY_MS": "40", "SHUTDOWN_TIMEOUT_SECS": "1"}  # words arrive over many frames
+UPSTREAM_CALLS = 'upstream_requests_total{status="200"}'
+RESUMES = "chat_stream_resumes_total"
 
 
 def demo_answer(prompt: str) -> str:
@@ -178,7 +183,8 @@ class Watched:
         self.page.click("#send")
 
     def answer(self) -> str:
-        return self.page.text_content("#answer") or ""
+        """The latest answer's text as shown."""
+        return self.page.text_content(LAST_ANSWER) or ""
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +203,21 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def watched(browser: Browser) -> Iterator[Watched]:
+def context(browser: Browser) -> Iterator[BrowserContext]:
     context = browser.new_context(viewport={"width": 900, "height": 620}, color_scheme="light")
-    yield Watched(context.new_page())
+    yield context
     context.close()
+
+
+@pytest.fixture
+def watched(context: BrowserContext) -> Watched:
+    return Watched(context.new_page())
+
+
+def counting(demo: GatewayProcess, sample: str) -> Callable[[], float]:
+    """How much a /metrics sample has grown since this call."""
+    before = metric(demo.port, sample)
+    return lambda: metric(demo.port, sample) - before
 
 
 @pytest.fixture
@@ -215,10 +232,11 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: Gatew
     # Sample the answer's length once per animation frame until the stream has ended.
     page.evaluate(
         """() => {
-            const answer = document.getElementById('answer'), status = document.getElementById('status');
+            const status = document.getElementById('status');
             window.sampled = [];
             const tick = () => {
-                window.sampled.push(answer.textContent.length);
+                const answer = document.querySelector('#thread .turn.assistant:last-child .body');
+                window.sampled.push(answer ? answer.textContent.length : 0);
                 if (!['done', 'error', 'stopped'].includes(status.dataset.state)) requestAnimationFrame(tick);
             };
             requestAnimationFrame(tick);
@@ -244,16 +262,18 @@ def test_answer_streams_in_over_many_frames_with_request_id_and_ttft(demo: Gatew
     assert watched.problems == []
 
 
-def test_stop_ends_the_stream_and_the_server_logs_the_disconnect(demo: GatewayProcess, watched: Watched) -> None:
+def test_stop_cancels_the_stream_and_the_server_closes_the_upstream(demo: GatewayProcess, watched: Watched) -> None:
     page = watched.page
     page.goto(demo.url + "/")
     watched.send("Tell me a long story")
-    page.wait_for_function("() => document.getElementById('answer').textContent.length > 40")
+    page.wait_for_function(f"() => document.querySelector('{LAST_ANSWER}')?.textContent.length > 40")
     assert page.is_disabled("#send")
-    page.click("#stop")
+    with page.expect_response(lambda response: response.request.method == "DELETE") as deleted:
+        page.click("#stop")
     watched.wait_state("stopped")
+    assert re.search(r"/chat/streams/[\w-]+$", deleted.value.url) and deleted.value.status == 204
     request_id = page.text_content("#request-id")
-    logged = demo.wait_for_log(lambda line: line.get("outcome") == "client_disconnected" and line.get("request_id") == request_id)
+    logged = demo.wait_for_log(lambda line: line.get("outcome") == "cancelled" and line.get("request_id") == request_id)
     assert logged["logger"] == "gateway.stream"
     shown = watched.answer()
     assert 40 < len(shown) < len(demo_answer("Tell me a long story"))
@@ -270,7 +290,7 @@ def test_html_in_the_answer_is_shown_as_text(demo: GatewayProcess, watched: Watc
     watched.send(prompt)
     watched.wait_state("done")
     assert watched.answer() == demo_answer(prompt)
-    assert page.locator("#answer *").count() == 0  # no <img>, no <b>: only text
+    assert page.locator(f"{LAST_ANSWER} *").count() == 0  # no <img>, no <b>: only text
     assert page.locator("img").count() == 0
     assert page.evaluate("window.pwned") is None
     assert watched.problems == []
@@ -317,7 +337,7 @@ def test_the_page_sse_parser_follows_the_spec_for_any_split(demo: GatewayProcess
         for split in ("whole", "chars"):
             events = page.evaluate(
                 """async ([stream, split]) => {
-                    const { SSEParser } = await import(document.querySelector('script[type=module]').src);
+                    const { SSEParser } = await import('/static/sse.js');
                     const parser = new SSEParser();
                     const pieces = split === 'whole' ? [stream] : [...stream];
                     return pieces.flatMap((piece) => parser.feed(piece)).map((e) => [e.type, e.data, e.lastEventId]);
@@ -349,3 +369,127 @@ def test_client_key_field_sends_the_key_and_keeps_it_for_the_session(tmp_path: P
         assert [p for p in watched.problems if "status of 401" not in p] == []
     finally:
         server.kill()
+
+
+# -- a conversation that survives reloads and dropped connections ----------------------------------------
+
+
+def posted_bodies(page: Page) -> list[dict[str, Any]]:
+    """Every body the page POSTs to /chat from now on."""
+    bodies: list[dict[str, Any]] = []
+    page.on("request", lambda sent: bodies.append(json.loads(sent.post_data or "")) if sent.url.endswith("/chat") else None)
+    return bodies
+
+
+def turns(page: Page) -> list[tuple[str, str]]:
+    return [
+        (turn.get_attribute("class") or "", turn.text_content() or "") for turn in page.locator("#thread .turn").all()
+    ]
+
+
+def test_a_conversation_sends_its_history_survives_a_reload_and_new_chat_clears_it(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    bodies = posted_bodies(page)
+    watched.send("first question")
+    watched.wait_state("done")
+    assert page.input_value("#prompt") == ""
+    watched.send("second question")
+    watched.wait_state("done")
+    history = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": demo_answer("first question")},
+        {"role": "user", "content": "second question"},
+    ]
+    assert bodies == [{"messages": history[:1], "resumable": True}, {"messages": history, "resumable": True}]
+    thread = [("turn user", "first question"), ("turn assistant", demo_answer("first question"))]
+    thread += [("turn user", "second question"), ("turn assistant", demo_answer("second question"))]
+    assert turns(page) == thread
+    page.reload()
+    assert turns(page) == thread  # kept in the tab's sessionStorage
+    page.click("#new-chat")
+    assert turns(page) == []
+    page.reload()
+    assert turns(page) == []
+    watched.send("third")
+    watched.wait_state("done")
+    assert bodies[-1]["messages"] == [{"role": "user", "content": "third"}]
+    assert watched.problems == []
+
+
+def test_the_model_picker_lists_v1_models_and_sends_the_choice(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    listed = [model["id"] for model in http_request(demo.port, "GET", "/v1/models").json()["data"]]
+    page.wait_for_function("() => document.querySelectorAll('#model option').length > 1")
+    options = page.eval_on_selector_all("#model option", "options => options.map((o) => o.value)")
+    assert options == ["", *listed]
+    bodies = posted_bodies(page)
+    page.select_option("#model", listed[-1])
+    watched.send("which model?")
+    watched.wait_state("done")
+    assert bodies[-1]["model"] == listed[-1]
+    page.reload()
+    page.wait_for_function(f"() => document.getElementById('model').value === {json.dumps(listed[-1])}")  # kept for the tab
+    assert watched.problems == []
+
+
+def test_code_fences_are_preformatted_text(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    prompt = "see\n```html\n<b>x</b>\n```\nafter"
+    watched.send(prompt)
+    watched.wait_state("done")
+    body = page.locator(LAST_ANSWER)
+    assert body.locator("pre > code").count() == 1
+    assert body.locator("pre > code").text_content() == "<b>x</b>"
+    assert body.locator("pre").get_attribute("data-lang") == "html"
+    assert body.locator("b").count() == 0
+    assert watched.problems == []
+
+
+def test_reload_mid_answer_resumes_and_finishes_it_once_with_one_upstream_call(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    calls, resumes = counting(demo, UPSTREAM_CALLS), counting(demo, RESUMES)
+    prompt = "Tell me a long story, then reload"
+    watched.send(prompt)
+    page.wait_for_function(f"() => document.querySelector('{LAST_ANSWER}')?.textContent.length > 60")
+    request_id = page.text_content("#request-id")
+    page.reload()
+    watched.wait_state("done")
+    assert turns(page) == [("turn user", prompt), ("turn assistant", demo_answer(prompt))]
+    assert page.text_content("#request-id") == request_id  # the answer's own request, not the resume's
+    assert (calls(), resumes()) == (1, 1)
+    assert watched.problems == []
+
+
+@pytest.fixture
+def relay(demo: GatewayProcess) -> Iterator[TcpRelay]:
+    relay = TcpRelay(demo.port).start()
+    yield relay
+    relay.close()
+
+
+def test_a_cut_network_shows_reconnecting_then_finishes_the_answer_once(
+    demo: GatewayProcess, relay: TcpRelay, context: BrowserContext, watched: Watched
+) -> None:
+    page = watched.page
+    page.goto(relay.url + "/")
+    calls = counting(demo, UPSTREAM_CALLS)
+    prompt = "Tell me a long story over a bad network"
+    watched.send(prompt)
+    page.wait_for_function(f"() => document.querySelector('{LAST_ANSWER}')?.textContent.length > 40")
+    context.set_offline(True)
+    assert relay.reset() >= 1
+    watched.wait_state("reconnecting")
+    assert page.text_content("#status") == "reconnecting\u2026"
+    page.wait_for_timeout(2000)  # the network stays down for 2 s
+    context.set_offline(False)
+    watched.wait_state("done")
+    assert watched.answer() == demo_answer(prompt)
+    assert calls() == 1
+    assert page.is_hidden("#error")
+    # the browser reports the reset and each try while offline itself; nothing else may show up
+    expected = ("net::ERR_CONNECTION_RESET", "net::ERR_INTERNET_DISCONNECTED")
+    assert [p for p in watched.problems if not p.endswith(expected)] == []

@@ -1,74 +1,36 @@
-// The chat page: POST /chat with fetch, read the SSE stream from response.body, show it as it arrives.
-// EventSource cannot POST, so the stream is parsed here. Text is only ever inserted as text nodes.
+// The chat page: a conversation sent as `messages`, answers streamed with fetch and resumed after a drop or a
+// reload (sse.js parses, stream.js reads and reconnects, render.js shows text, conversation.js remembers).
 
-/** The WHATWG event-stream parser: feed decoded text in any split, get back the events it completes. */
-export class SSEParser {
-  #buffer = "";
-  #data = "";
-  #type = "";
-  #lastId = "";
-  #started = false;
-
-  /** @param {string} text @returns {{type: string, data: string, lastEventId: string}[]} */
-  feed(text) {
-    if (!this.#started && text) {
-      this.#started = true;
-      if (text.startsWith("\uFEFF")) text = text.slice(1);
-    }
-    const buffer = this.#buffer + text;
-    const events = [];
-    const lineEnd = /\r\n|\r|\n/g;
-    let position = 0;
-    for (let match; (match = lineEnd.exec(buffer)) !== null; ) {
-      // A CR as the very last character may be the first half of a CRLF: wait for the next chunk.
-      if (match[0] === "\r" && lineEnd.lastIndex === buffer.length) break;
-      this.#line(buffer.slice(position, match.index), events);
-      position = lineEnd.lastIndex;
-    }
-    this.#buffer = buffer.slice(position);
-    return events;
-  }
-
-  #line(line, events) {
-    if (line === "") {
-      if (this.#data !== "") {
-        events.push({ type: this.#type || "message", data: this.#data.slice(0, -1), lastEventId: this.#lastId });
-      }
-      this.#data = "";
-      this.#type = "";
-      return;
-    }
-    if (line.startsWith(":")) return; // a comment, such as the server's ": ping" heartbeat
-    const colon = line.indexOf(":");
-    const field = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "data") this.#data += value + "\n";
-    else if (field === "event") this.#type = value;
-    else if (field === "id" && !value.includes("\0")) this.#lastId = value;
-  }
-}
+import { Conversation } from "./conversation.js";
+import { renderAnswer } from "./render.js";
+import { HttpError, cancel, follow } from "./stream.js";
 
 const KEY_STORAGE = "tornado-ai-stream.client-key";
+const MODEL_STORAGE = "tornado-ai-stream.model";
 const byId = (id) => document.getElementById(id);
 const ui = {
   form: byId("chat"),
   prompt: byId("prompt"),
   key: byId("key"), // only on the page when the server requires client keys
+  model: byId("model"),
+  newChat: byId("new-chat"),
   send: byId("send"),
   stop: byId("stop"),
   status: byId("status"),
   requestId: byId("request-id"),
   ttft: byId("ttft"),
   error: byId("error"),
-  answer: byId("answer"),
+  thread: byId("thread"),
 };
-let controller = null;
+const conversation = new Conversation();
+let controller = null; // the answer in flight
+let cursor = null; // its {streamId, lastEventId}
+let running = Promise.resolve(); // settles when the answer in flight has been put in the history
 
 function setState(state, label = state) {
   ui.status.dataset.state = state;
   ui.status.textContent = label;
-  const busy = state === "connecting" || state === "streaming";
+  const busy = ["connecting", "streaming", "reconnecting"].includes(state);
   ui.send.disabled = busy;
   ui.stop.disabled = !busy;
 }
@@ -79,78 +41,136 @@ function showError(message, requestId) {
   setState("error");
 }
 
-/** The JSON error the gateway sends before a stream starts, as one readable line. */
-async function httpError(response) {
-  const fallback = `HTTP ${response.status} ${response.statusText}`.trim();
-  try {
-    const body = await response.json();
-    return [`${body.message} (HTTP ${response.status}, ${body.error_type})`, body.request_id];
-  } catch {
-    return [fallback, null];
-  }
+function authHeaders() {
+  const key = ui.key?.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-async function chat(prompt) {
+/** A turn of the thread; returns the element its text goes into. */
+function addTurn(role, content) {
+  const turn = document.createElement("li");
+  turn.className = `turn ${role}`;
+  const body = turn.appendChild(document.createElement("div"));
+  body.className = "body";
+  if (role === "assistant") renderAnswer(body, content);
+  else body.textContent = content;
+  ui.thread.append(turn);
+  turn.scrollIntoView({ block: "end" });
+  return body;
+}
+
+/** Stream the pending answer into a new assistant turn: `open(signal)` makes the first request, else it resumes. */
+async function answer(open, started) {
+  const pending = conversation.pending;
+  const body = addTurn("assistant", pending.text);
   controller = new AbortController();
-  const text = document.createTextNode("");
-  ui.answer.replaceChildren(text);
+  cursor = { streamId: pending.streamId, lastEventId: pending.lastEventId };
   ui.error.hidden = true;
-  ui.error.textContent = "";
-  ui.requestId.textContent = "\u2013";
-  ui.ttft.textContent = "\u2013";
-  setState("connecting", "connecting\u2026");
-  const started = performance.now();
-  let answered = false;
-  const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
-  const key = ui.key?.value.trim();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  try {
-    const response = await fetch("/chat", {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ prompt }),
-      signal: controller.signal,
-      cache: "no-store",
-    });
-    const requestId = response.headers.get("X-Request-ID");
-    if (requestId) ui.requestId.textContent = requestId;
-    if (!response.ok || !(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
-      showError(...(await httpError(response)));
-      return;
-    }
-    setState("streaming", "streaming\u2026");
-    const parser = new SSEParser();
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      for (const event of parser.feed(value)) {
-        const message = JSON.parse(event.data);
-        if (message.type === "content") {
-          if (!answered) ui.ttft.textContent = `${Math.round(performance.now() - started)} ms`;
-          answered = true;
-          text.appendData(message.content);
-        } else if (message.type === "done") {
-          setState("done");
-          return;
-        } else if (message.type === "error") {
-          showError(`${message.content} (${message.error_type})`, message.request_id);
-          return;
-        }
+  ui.requestId.textContent = pending.requestId ?? "\u2013";
+  const on = {
+    response(response) {
+      pending.requestId ??= response.headers.get("X-Request-ID");
+      if (pending.requestId) ui.requestId.textContent = pending.requestId;
+      if (response.ok) setState("streaming", "streaming\u2026");
+    },
+    event(message) {
+      if (message.type === "content") {
+        if (started && !pending.text) ui.ttft.textContent = `${Math.round(performance.now() - started)} ms`;
+        pending.text += message.content;
+        renderAnswer(body, pending.text);
       }
-    }
-    showError("the stream ended before the answer was complete", requestId);
+      Object.assign(pending, cursor);
+      conversation.savePending();
+    },
+    reconnecting: () => setState("reconnecting", "reconnecting\u2026"),
+  };
+  let ended = "error";
+  try {
+    const terminal = await follow(open, cursor, authHeaders(), on, controller.signal);
+    if (terminal.type === "done") ended = "done";
+    else showError(`${terminal.content} (${terminal.error_type})`, terminal.request_id);
   } catch (error) {
-    if (controller.signal.aborted) setState("stopped");
-    else showError(`request failed: ${error.message}`);
+    if (controller.signal.aborted) ended = "stopped";
+    else if (error instanceof HttpError) showError(error.message, error.requestId);
+    else showError(`request failed: ${error.message}`, pending.requestId);
   } finally {
     controller = null;
+  }
+  settle(body, ended);
+}
+
+/** The answer is over: keep what was said in the history; an unanswered prompt goes back to the prompt box. */
+function settle(body, state) {
+  const { text } = conversation.pending;
+  conversation.pending = null;
+  conversation.savePending();
+  if (text) {
+    conversation.messages.push({ role: "assistant", content: text });
+  } else {
+    body.closest("li").remove();
+    ui.thread.lastElementChild?.remove();
+    const { content } = conversation.messages.pop();
+    if (!ui.prompt.value) ui.prompt.value = content;
+  }
+  conversation.saveMessages();
+  if (state !== "error") setState(state);
+}
+
+function send(prompt) {
+  conversation.messages.push({ role: "user", content: prompt });
+  conversation.saveMessages();
+  conversation.pending = { streamId: null, lastEventId: null, requestId: null, text: "" };
+  addTurn("user", prompt);
+  ui.prompt.value = "";
+  ui.ttft.textContent = "\u2013";
+  setState("connecting", "connecting\u2026");
+  const body = { messages: conversation.messages, resumable: true };
+  if (ui.model.value) body.model = ui.model.value;
+  const headers = { ...authHeaders(), "Content-Type": "application/json", Accept: "text/event-stream" };
+  const post = (signal) => fetch("/chat", { method: "POST", headers, body: JSON.stringify(body), signal, cache: "no-store" });
+  running = answer(post, performance.now());
+}
+
+function stop() {
+  if (!controller) return;
+  if (cursor.streamId) cancel(cursor.streamId, authHeaders()).catch(() => {});
+  controller.abort();
+}
+
+/** The models the gateway lists at /v1/models; the choice is kept for the tab. */
+async function loadModels() {
+  const chosen = sessionStorage.getItem(MODEL_STORAGE) ?? "";
+  let models = [];
+  try {
+    const response = await fetch("/v1/models", { headers: authHeaders(), cache: "no-store" });
+    if (response.ok) models = (await response.json()).data.map((model) => model.id);
+  } catch {
+    // no list: the server's default model still answers
+  }
+  ui.model.replaceChildren(ui.model.options[0], ...models.map((id) => new Option(id, id)));
+  ui.model.value = models.includes(chosen) ? chosen : "";
+}
+
+function restore() {
+  for (const message of conversation.messages) addTurn(message.role, message.content);
+  const pending = conversation.pending;
+  if (pending?.streamId) {
+    setState("reconnecting", "reconnecting\u2026"); // a reload mid-answer: pick it up after the last event shown
+    running = answer(null, null);
+  } else if (conversation.messages.at(-1)?.role === "user") {
+    // reloaded before the answer had a stream id: nothing to resume, so the prompt goes back to the box
+    ui.prompt.value = conversation.messages.pop().content;
+    ui.thread.lastElementChild.remove();
+    conversation.pending = null;
+    conversation.savePending();
+    conversation.saveMessages();
   }
 }
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  if (!controller) chat(ui.prompt.value);
+  const prompt = ui.prompt.value;
+  if (!controller && prompt.trim()) send(prompt);
 });
 ui.prompt.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -158,8 +178,22 @@ ui.prompt.addEventListener("keydown", (event) => {
     ui.form.requestSubmit();
   }
 });
-ui.stop.addEventListener("click", () => controller?.abort());
+ui.stop.addEventListener("click", stop);
+ui.newChat.addEventListener("click", async () => {
+  stop();
+  await running;
+  conversation.clear();
+  ui.thread.replaceChildren();
+  ui.error.hidden = true;
+  ui.requestId.textContent = "\u2013";
+  ui.ttft.textContent = "\u2013";
+  setState("idle");
+});
+ui.model.addEventListener("change", () => sessionStorage.setItem(MODEL_STORAGE, ui.model.value));
 if (ui.key) {
   ui.key.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
   ui.key.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, ui.key.value));
+  ui.key.addEventListener("change", loadModels);
 }
+loadModels();
+restore();
