@@ -98,7 +98,7 @@ class StreamingRequest(HTTPRequest):
         self.on_headers = on_headers
 
 
-def unsupported_options(request: HTTPRequest) -> list[str]:
+def _unsupported_options(request: HTTPRequest) -> list[str]:
     """`name=value` of each option set on `request` (defaults applied) that this client would ignore."""
     found = []
     for name, accepted in _UNSUPPORTED:
@@ -407,7 +407,7 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
             self._fetching = None
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        unsupported = unsupported_options(request)
+        unsupported = _unsupported_options(request)
         if unsupported:
             raise NotImplementedError(f"PooledAsyncHTTPClient does not implement {', '.join(unsupported)}")
         key = id(self._fetching if self._fetching is not None else request)
