@@ -282,8 +282,8 @@ class _Exchange:
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers
         self._head_done = True
-        self._complete = self.request.method == "HEAD"  # whatever follows a HEAD answer's head is not its body
         self._report_head()
+        self._complete = self.request.method == "HEAD"  # whatever follows a HEAD answer's head is not its body
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
