@@ -15,6 +15,7 @@ setup(
     package_data={"server": ["static/*"]},
     install_requires=[
         "tornado>=6.4,<7",
+        "httptools>=0.9,<1",
         "python-dotenv>=1.0,<2",
         "colorama>=0.4.6,<0.5",
         "prometheus-client>=0.20,<1",

@@ -5,14 +5,16 @@ which adds a handshake to every first token, and it has no way to cut a request 
 `streaming_callback` only acts when the next chunk arrives, and `future.cancel()` / `client.close()`
 leave the upstream socket open. A gateway must close the upstream the moment its client leaves.
 
-So this client speaks HTTP/1.1 itself, as an asyncio `Protocol` on the loop's own transports, keeps idle
-connections per origin for reuse, and `abort(request)` closes that request's socket at once — the
-upstream sees the close whether we are connecting, waiting for headers or mid-body. Each network read
-goes straight from the transport to `streaming_callback` (one call per read, not per HTTP chunk), with
-no stream buffer, read future or coroutine hop in between: that is what a stream costs in memory and
-latency, measured in bench/ (Tornado's `IOStream` read path cost ~2 KB and a loop iteration per read).
-Tornado's own chunked reader (6.6) also coalesces small chunks and drops what it holds when the peer
-closes; a provider that sends text and then dies must not lose that text.
+So this client is an asyncio `Protocol` on the loop's own transports that keeps idle connections per
+origin for reuse, and `abort(request)` closes that request's socket at once — the upstream sees the
+close whether we are connecting, waiting for headers or mid-body. The HTTP/1.1 framing is llhttp's (the
+parser of Node.js, through httptools), strict: a response it cannot frame unambiguously fails with
+`ProtocolError` and its connection is never reused. Each network read goes through the parser straight
+to `streaming_callback` (one call per read, the body pieces of that read joined, not one per HTTP
+chunk), with no stream buffer, read future or coroutine hop in between: that is what a stream costs in
+memory and latency, measured in bench/ (Tornado's `IOStream` read path cost ~2 KB and a loop iteration
+per read). Tornado's own chunked reader (6.6) also coalesces small chunks and drops what it holds when
+the peer closes; a provider that sends text and then dies must not lose that text.
 
 `streaming_callback` may return an awaitable: reading pauses until it is done, which gives
 back-pressure from a slow client.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import re
 import socket
 import ssl
 import time
@@ -32,15 +33,44 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 from tornado import httputil
+from tornado.concurrent import Future
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.simple_httpclient import HTTPTimeoutError
 
-Origin = tuple[str, str, int]  # scheme, host, port
+Origin = tuple[str, int, ssl.SSLContext | None]  # host, port, TLS context (None: plain TCP)
 
 _IDLE_SECONDS = 30.0  # drop pooled connections idle longer than this; providers close theirs after ~60 s
 _MAX_IDLE_PER_ORIGIN = 256
 _MAX_HEADER_BYTES = 64 * 1024
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+# Tornado's defaults this client changes: redirects are not followed and bodies not decompressed (both
+# refused when asked for), and a stream has no whole-request deadline unless the request sets one
+_CLIENT_DEFAULTS: dict[str, Any] = {"follow_redirects": False, "decompress_response": False, "request_timeout": None}
+
+# HTTPRequest options this client does not implement, with the one value (besides unset) it accepts
+_UNSUPPORTED: tuple[tuple[str, Any], ...] = (
+    ("follow_redirects", False),
+    ("decompress_response", False),
+    ("expect_100_continue", False),
+    ("allow_ipv6", True),
+    ("proxy_host", None),
+    ("proxy_port", None),
+    ("proxy_username", None),
+    ("proxy_password", ""),
+    ("proxy_auth_mode", None),
+    ("auth_username", None),
+    ("auth_password", None),
+    ("auth_mode", None),
+    ("client_cert", None),
+    ("client_key", None),
+    ("ssl_options", None),
+    ("network_interface", None),
+    ("user_agent", None),
+    ("body_producer", None),
+    ("prepare_curl_callback", None),
+)
 
 
 class RequestAbortedError(Exception):
@@ -48,11 +78,15 @@ class RequestAbortedError(Exception):
 
 
 class ProtocolError(Exception):
-    """The upstream's answer is not valid HTTP/1.1."""
+    """The upstream's answer is not valid HTTP/1.1, or not framed unambiguously."""
 
 
 class ConnectionClosedError(Exception):
     """The upstream closed the connection before the response was complete."""
+
+
+class _Surplus(Exception):
+    """Bytes after the response was complete: stops the parser; the connection cannot be reused."""
 
 
 class StreamingRequest(HTTPRequest):
@@ -64,57 +98,21 @@ class StreamingRequest(HTTPRequest):
         self.on_headers = on_headers
 
 
-class ChunkedDecoder:
-    """Decodes a `Transfer-Encoding: chunked` body fed in pieces of any size, one network read at a time."""
+def _unsupported_options(request: HTTPRequest) -> list[str]:
+    """`name=value` of each option set on `request` (defaults applied) that this client would ignore."""
+    found = []
+    for name, accepted in _UNSUPPORTED:
+        value = getattr(request, name)
+        if value is not None and value != accepted:
+            found.append(f"{name}={value!r}")
+    return found
 
-    _SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._remaining = 0  # data bytes left in the current chunk
-        self._state = "size"  # size | data | crlf | trailer
-        self.done = False
-        self.trailing = False  # bytes after the last chunk: the connection cannot be reused
-
-    def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        out: list[bytes] = []
-        position, size = 0, len(buffer)
-        while position < size and not self.done:
-            if self._state == "data":
-                take = min(self._remaining, size - position)
-                out.append(buffer[position : position + take])
-                position += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = "crlf"
-                continue
-            if self._state == "crlf":
-                if size - position < 2:
-                    break
-                if buffer[position : position + 2] != b"\r\n":
-                    raise ProtocolError("chunk not terminated by CRLF")
-                position += 2
-                self._state = "size"
-                continue
-            end = buffer.find(b"\r\n", position)
-            if end < 0:
-                if size - position > _MAX_HEADER_BYTES:
-                    raise ProtocolError("chunk size line or trailer too long")
-                break
-            line = buffer[position:end]
-            position = end + 2
-            if self._state == "trailer":
-                self.done = not line  # trailer fields end with an empty line
-                continue
-            digits = line.split(b";", 1)[0].strip()
-            if not self._SIZE.fullmatch(digits):
-                raise ProtocolError("invalid chunk size")
-            self._remaining = int(digits, 16)
-            self._state = "data" if self._remaining else "trailer"
-        self._buffer = buffer[position:]
-        self.trailing = self.done and bool(self._buffer)
-        return out[0] if len(out) == 1 else b"".join(out)
+def _check_framing(headers: httputil.HTTPHeaders) -> None:
+    """Refuse what llhttp accepts but we cannot relay as sent: a coding applied on top of chunked."""
+    codings = headers.get_list("Transfer-Encoding")
+    if codings and [coding.strip().lower() for coding in codings] != ["chunked"]:
+        raise ProtocolError(f"unsupported Transfer-Encoding: {', '.join(codings)}")
 
 
 class _Connection(asyncio.Protocol):
@@ -139,6 +137,10 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
         self.closed = True
 
+    def pause_reading(self, paused: bool) -> None:
+        if self.transport is not None and not self.closed:
+            (self.transport.pause_reading if paused else self.transport.resume_reading)()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
@@ -161,20 +163,24 @@ class _Connection(asyncio.Protocol):
 
 
 class _Exchange:
-    """One response being received on a `_Connection`: head, then the body by its framing.
+    """One response being received on a `_Connection`: each read fed to the parser, whose callbacks
+    (the `on_*` methods) only record; the read's body then goes to the request in one piece.
 
     `finished` resolves to whether the connection may be reused, once the body is complete and the
-    consumer of its last piece is done; or fails (`ConnectionClosedError`, `ProtocolError`, or what the
-    consumer raised)."""
+    consumer of its last piece is done; or fails (`ConnectionClosedError`, `ProtocolError`, the
+    transport's own error, or what the consumer raised)."""
 
     __slots__ = (
+        "_complete",
         "_consumer",
-        "_decoder",
         "_ended",
         "_error",
-        "_framing",
-        "_head",
-        "_remaining",
+        "_head_bytes",
+        "_head_done",
+        "_interim",
+        "_parser",
+        "_pieces",
+        "_until_close",
         "body",
         "code",
         "connection",
@@ -199,115 +205,110 @@ class _Exchange:
         self.version = "HTTP/1.1"
         self.headers = httputil.HTTPHeaders()
         self.body: BytesIO | None = None if request.streaming_callback is not None else BytesIO()
-        self.started = False  # some of the head has arrived
+        self.started = False  # some of the answer has arrived
         self.keep_alive = False
         self.finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._head = bytearray()
-        self._framing = "head"  # head | chunked | length | close
-        self._decoder: ChunkedDecoder | None = None
-        self._remaining = 0  # body bytes still to come (Content-Length framing)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._pieces: list[bytes] = []  # body bytes of the read being parsed
+        self._head_bytes = 0  # bytes read before the final head was complete
+        self._head_done = False  # the final (non-1xx) head is parsed
+        self._interim = False  # parsing a 1xx head
+        self._until_close = False  # no length given: the body ends when the connection does
+        self._complete = False  # the parser has seen the whole response
         self._consumer: asyncio.Future[Any] | None = None  # the streaming_callback's pending awaitable
         self._ended = False
         self._error: BaseException | None = None
 
     # -- from the connection ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        if self._ended or self._error is not None:
+        if self._ended or self._error is not None or self._parser is None:
             self.keep_alive = False  # bytes after the response: the connection cannot be reused
             return
         self.started = True
         try:
-            if self._framing == "head":
-                data = self._read_head(data)
-                if self._framing == "head" or self._ended:
-                    return
-            self._read_body(data)
+            self._parse(self._parser, data)
+            if self._pieces:
+                pieces, self._pieces = self._pieces, []
+                self._deliver(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         except Exception as exc:
             self._fail(exc)
+            return
+        if self._complete:
+            self._end()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._framing == "close":
+        if self._ended:
+            return  # the response was whole; only its last consumer is still busy
+        if exc is None and self._until_close:
             self._end()  # that is how this body ends
         else:
-            error = ConnectionClosedError("upstream closed the connection" if exc is None else str(exc))
-            error.__cause__ = exc  # a reset or a TLS error: the caller tells them apart
-            self._fail(error)
+            self._fail(exc if exc is not None else ConnectionClosedError("upstream closed the connection"))
 
-    # -- head -------------------------------------------------------------------------------------
-    def _read_head(self, data: bytes) -> bytes:
-        """Buffer until the blank line; parse it; return the bytes after it."""
-        self._head += data
-        match = _HEAD_END.search(self._head)
-        if match is None:
-            if len(self._head) > _MAX_HEADER_BYTES:
+    def _parse(self, parser: httptools.HttpResponseParser, data: bytes) -> None:
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self._complete:
+                cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+                raise (cause or ProtocolError(f"invalid HTTP response: {exc}")) from None
+            self.keep_alive = False  # bytes after the response: the connection cannot be reused
+        if not self._head_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEADER_BYTES:
                 raise ProtocolError("response head too long")
-            return b""
-        head, rest = bytes(self._head[: match.start()]), bytes(self._head[match.end() :])
-        self._head = bytearray()
-        self._headers_received(head.decode("latin-1"))
-        if 100 <= self.code < 200:  # an interim response: the real head follows
-            return self._read_head(rest) if rest else b""
-        self._choose_framing()
-        if self._ended and rest:
-            self.keep_alive = False  # bytes nobody asked for
-        return rest
 
-    def _headers_received(self, text: str) -> None:
-        start, _, rest = text.partition("\n")
-        line = httputil.parse_response_start_line(start.strip())
-        self.code, self.reason, self.version = line.code, line.reason, line.version
-        self.headers = httputil.HTTPHeaders.parse(rest)
+    # -- parser callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Surplus  # a second response nobody asked for
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_done:  # after the head they are chunked trailer fields, not kept
+            self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        code = self._parser.get_status_code()
+        if code == 101:
+            raise ProtocolError("upstream switched protocols")
+        if 100 <= code < 200:
+            self._interim = True  # the real head follows
+            return
+        _check_framing(self.headers)
+        self.code, self.version = code, f"HTTP/{self._parser.get_http_version()}"
+        self.keep_alive = self._parser.should_keep_alive()
+        self._until_close = "Content-Length" not in self.headers and "Transfer-Encoding" not in self.headers
+        self._head_done = True
+        self._report_head()
+        self._complete = self.request.method == "HEAD"  # whatever follows a HEAD answer's head is not its body
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            raise _Surplus
+        self._pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim, self.reason, self.headers = False, "", httputil.HTTPHeaders()
+        else:
+            self._complete = True
+
+    def _report_head(self) -> None:
         on_headers = getattr(self.request, "on_headers", None)
         if on_headers is not None:
             on_headers(self.code, self.headers)
         elif self.request.header_callback is not None:
-            self.request.header_callback(f"{line.version} {line.code} {line.reason}\r\n")
+            self.request.header_callback(f"{self.version} {self.code} {self.reason}\r\n")
             for name, value in self.headers.get_all():
                 self.request.header_callback(f"{name}: {value}\r\n")
             self.request.header_callback("\r\n")
 
-    def _choose_framing(self) -> None:
-        headers = self.headers
-        connection = headers.get("Connection", "").lower()
-        self.keep_alive = connection == "keep-alive" or (self.version == "HTTP/1.1" and connection != "close")
-        if self.request.method == "HEAD" or self.code in (204, 304):
-            self._end()
-        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
-            self._framing, self._decoder = "chunked", ChunkedDecoder()
-        elif "Content-Length" in headers:
-            try:
-                self._remaining = int(headers["Content-Length"])
-            except ValueError:
-                raise ProtocolError("invalid Content-Length") from None
-            self._framing = "length"
-            if self._remaining <= 0:
-                self._end()
-        else:  # the body ends when the connection does
-            self._framing, self.keep_alive = "close", False
-
     # -- body -------------------------------------------------------------------------------------
-    def _read_body(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._decoder is not None:
-            payload = self._decoder.feed(data)
-            ended = self._decoder.done
-            self.keep_alive = self.keep_alive and not self._decoder.trailing
-        elif self._framing == "length":
-            payload = data[: self._remaining]
-            self.keep_alive = self.keep_alive and len(data) <= self._remaining
-            self._remaining -= len(payload)
-            ended = self._remaining == 0
-        else:
-            payload, ended = data, False
-        self._deliver(payload)
-        if ended:
-            self._end()
-
     def _deliver(self, payload: bytes) -> None:
         """One network read's body bytes to the request; an awaitable it returns pauses reading until done."""
-        if not payload:
-            return
         if self.body is not None:
             self.body.write(payload)
             return
@@ -319,7 +320,7 @@ class _Exchange:
             self._consumed(consumer)
             return
         self._consumer = consumer
-        self._pause(True)
+        self.connection.pause_reading(True)
         consumer.add_done_callback(self._consumed)
 
     def _consumed(self, consumer: asyncio.Future[Any]) -> None:
@@ -329,13 +330,8 @@ class _Exchange:
             self._fail(error)
             return
         if paused:  # an awaitable done at once (a flush that went straight out) never paused reading
-            self._pause(False)
+            self.connection.pause_reading(False)
         self._settle()
-
-    def _pause(self, paused: bool) -> None:
-        transport = self.connection.transport
-        if transport is not None and not self.connection.closed:
-            (transport.pause_reading if paused else transport.resume_reading)()
 
     # -- ending -----------------------------------------------------------------------------------
     def _end(self) -> None:
@@ -350,40 +346,38 @@ class _Exchange:
 
     def _settle(self) -> None:
         """Resolve `finished` once nothing is pending: a consumer still writing the last piece comes first."""
-        if self._consumer is not None or self.finished.done():
+        if self._consumer is not None or self.finished.done() or not (self._ended or self._error is not None):
             return
+        self._parser = None  # it refers back to this exchange: no cycle left for the collector
+        self.connection.exchange = None
         if self._error is not None:
-            self.connection.exchange = None
             self.finished.set_exception(self._error)
-        elif self._ended:
-            self.connection.exchange = None
+        else:
             self.finished.set_result(self.keep_alive)
 
 
 class PooledAsyncHTTPClient(AsyncHTTPClient):
-    """An `AsyncHTTPClient` with per-origin keep-alive pooling and `abort(request)`."""
+    """An `AsyncHTTPClient` with per-origin keep-alive pooling and `abort(request)`.
+
+    It honours `connect_timeout`, `request_timeout` (none unless set), `validate_cert` and `ca_certs`, and
+    refuses (`NotImplementedError`) a request that sets an option it does not implement."""
 
     def initialize(self, defaults: dict[str, Any] | None = None) -> None:  # type: ignore[override]
-        super().initialize(defaults)
+        super().initialize({**_CLIENT_DEFAULTS, **(defaults or {})})
         self._idle: dict[Origin, deque[tuple[_Connection, float]]] = defaultdict(deque)
         # per request in flight: its connection, or the connect attempt while there is none yet
         self._active: dict[int, _Connection | asyncio.Future[Any] | None] = {}
-        self._aborted: set[int] = set()
+        self._stopped: dict[int, Exception] = {}  # requests cut short, with the error their fetch raises
         self._tasks: set[asyncio.Future[None]] = set()
-        self._tls = ssl.create_default_context()
+        self._fetching: HTTPRequest | None = None  # the caller's request while `fetch()` hands Tornado's proxy of it on
+        # one context per verification setting (making one reads the CA store); this one now, as SSL_CERT_FILE is
+        self._tls: dict[tuple[bool, str | None], ssl.SSLContext] = {(True, None): ssl.create_default_context()}
 
     # -- public ---------------------------------------------------------------------------------
     def abort(self, request: HTTPRequest) -> None:
         """Close `request`'s upstream connection now (or stop connecting); its fetch fails with
         `RequestAbortedError`."""
-        key = id(request)
-        if key in self._active:
-            self._aborted.add(key)
-            target = self._active[key]
-            if isinstance(target, _Connection):
-                target.close()
-            elif target is not None:
-                target.cancel()
+        self._stop(id(request), RequestAbortedError("request aborted"))
 
     def open_connections(self) -> int:
         """Upstream sockets currently held (in use plus idle in the pool)."""
@@ -401,20 +395,38 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
         super().close()
 
     # -- AsyncHTTPClient -------------------------------------------------------------------------
+    def fetch(self, request: str | HTTPRequest, raise_error: bool = True, **kwargs: Any) -> Future[HTTPResponse]:
+        """Tornado's `fetch`, noting the request object the caller holds: `abort()` is given that one, while
+        `fetch_impl` is handed Tornado's proxy of it."""
+        if not isinstance(request, HTTPRequest):
+            request, kwargs = HTTPRequest(url=request, **kwargs), {}
+        self._fetching = request
+        try:
+            return super().fetch(request, raise_error, **kwargs)
+        finally:
+            self._fetching = None
+
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        original = getattr(request, "request", request)  # fetch() hands us a _RequestProxy
-        self._active[id(original)] = None
-        task = asyncio.ensure_future(self._fetch(request, id(original), callback))
+        unsupported = _unsupported_options(request)
+        if unsupported:
+            raise NotImplementedError(f"PooledAsyncHTTPClient does not implement {', '.join(unsupported)}")
+        key = id(self._fetching if self._fetching is not None else request)
+        self._active[key] = None
+        task = asyncio.ensure_future(self._fetch(request, key, callback))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(self, request: HTTPRequest, key: int, callback: Callable[[HTTPResponse], None]) -> None:
         start = time.monotonic()
+        deadline = None
+        if request.request_timeout:
+            deadline = asyncio.get_running_loop().call_later(request.request_timeout, self._expire, key)
         try:
             exchange = await self._exchange(request, key)
         except (Exception, asyncio.CancelledError) as exc:  # every failure becomes a 599 HTTPResponse, as in Tornado
-            aborted = key in self._aborted or isinstance(exc, asyncio.CancelledError)
-            error = RequestAbortedError("request aborted") if aborted else exc
+            error = self._stopped.get(key)
+            if error is None:
+                error = RequestAbortedError("request aborted") if isinstance(exc, asyncio.CancelledError) else exc
             response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - start)
         else:
             if exchange.body is not None:
@@ -429,32 +441,57 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
                 request_time=time.monotonic() - start,
             )
         finally:
+            if deadline is not None:
+                deadline.cancel()
             self._active.pop(key, None)
-            self._aborted.discard(key)
+            self._stopped.pop(key, None)
         callback(response)
+
+    def _stop(self, key: int, error: Exception) -> None:
+        """End the request `key` now with `error`: close its connection or cancel its connect attempt."""
+        if key in self._active and key not in self._stopped:
+            self._stopped[key] = error
+            target = self._active[key]
+            if isinstance(target, _Connection):
+                target.close()
+            elif target is not None:
+                target.cancel()
+
+    def _expire(self, key: int) -> None:
+        self._stop(key, HTTPTimeoutError("Timeout during request"))  # Tornado's own clients' 599
 
     async def _exchange(self, request: HTTPRequest, key: int) -> _Exchange:
         parts = urlsplit(request.url)
-        tls = parts.scheme == "https"
-        origin: Origin = (parts.scheme, parts.hostname or "", parts.port or (443 if tls else 80))
+        tls = self._tls_context(request) if parts.scheme == "https" else None
+        origin: Origin = (parts.hostname or "", parts.port or (443 if tls else 80), tls)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         while True:
             connection, reused = await self._checkout(origin, request.connect_timeout, key)
-            if key in self._aborted:
+            if key in self._stopped:
                 connection.close()
-                raise RequestAbortedError("request aborted")
+                raise self._stopped[key]
             self._active[key] = connection
             exchange = connection.send(request, _request_bytes(request, parts.netloc, target))  # not held for the whole stream
             try:
                 keep_alive = await exchange.finished
-            except ConnectionClosedError:
-                if reused and not exchange.started and key not in self._aborted:
+            except (ConnectionClosedError, ConnectionError):
+                if reused and not exchange.started and key not in self._stopped:
                     continue  # the pooled connection had gone stale; try a fresh one
                 raise
-            if key in self._aborted:
-                raise RequestAbortedError("request aborted")
+            if key in self._stopped:
+                raise self._stopped[key]
             self._checkin(origin, connection, keep_alive)
             return exchange
+
+    def _tls_context(self, request: HTTPRequest) -> ssl.SSLContext:
+        verify, ca_certs = bool(request.validate_cert), request.ca_certs
+        context = self._tls.get((verify, ca_certs))
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_certs)
+            if not verify:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            self._tls[verify, ca_certs] = context
+        return context
 
     async def _checkout(self, origin: Origin, connect_timeout: float | None, key: int) -> tuple[_Connection, bool]:
         pool = self._idle.get(origin)
@@ -472,8 +509,8 @@ class PooledAsyncHTTPClient(AsyncHTTPClient):
             raise RequestAbortedError("request aborted") from None
 
     async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
-        scheme, host, port = origin
-        connect = asyncio.get_running_loop().create_connection(_Connection, host, port, ssl=self._tls if scheme == "https" else None)
+        host, port, tls = origin
+        connect = asyncio.get_running_loop().create_connection(_Connection, host, port, ssl=tls)
         _, connection = await asyncio.wait_for(connect, timeout or None)
         return connection
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 
-from tornado.httputil import HTTPInputError
-
 from server.http_client import ConnectionClosedError, ProtocolError
 
 TLS_VERIFICATION = "upstream TLS certificate verification failed"
@@ -40,7 +38,7 @@ def failure_message(error: BaseException | None, answered: bool) -> str:
         return TLS_VERIFICATION
     if any(isinstance(e, ssl.SSLError) for e in chain):
         return TLS_OTHER
-    if any(isinstance(e, ProtocolError | HTTPInputError) for e in chain):
+    if any(isinstance(e, ProtocolError) for e in chain):
         return INVALID_HTTP
     if any(isinstance(e, ConnectionResetError) for e in chain):
         return RESET

@@ -43,10 +43,10 @@ async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 CASES: dict[str, tuple[Answer, str, str]] = {
     # name: (the upstream, the client's message, the exception the log line names)
-    "status line": (answering(b"HELLO WORLD\r\n\r\n"), "invalid HTTP from upstream", "HTTPInputError"),
+    "status line": (answering(b"HELLO WORLD\r\n\r\n"), "invalid HTTP from upstream", "ProtocolError"),
     "head too long": (answering(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000), "invalid HTTP from upstream", "ProtocolError"),
     "bad chunk": (answering(STREAM_HEAD + b"zz\r\n"), "invalid HTTP from upstream", "ProtocolError"),
-    "reset": (reset, "upstream connection reset", "ConnectionClosedError: [Errno 104] Connection reset by peer"),
+    "reset": (reset, "upstream connection reset", "ConnectionResetError: [Errno 104] Connection reset by peer"),
     "closed": (close_at_once, "upstream closed the connection before answering", "ConnectionClosedError"),
 }
 
