@@ -26,26 +26,21 @@ class StreamSlot:
         if gateway.draining:
             raise ApiError(503, "server_shutdown", "server is shutting down; retry on another instance", headers={"Retry-After": "1"})
         if not await gateway.limiter.acquire_stream(client_id, settings.max_streams_per_client):
-            gateway.metrics.rate_limited("streams_per_client")
-            raise ApiError(
-                429,
-                "too_many_streams",
-                f"at most {settings.max_streams_per_client} concurrent streams per client",
-                headers={"Retry-After": "1"},
-            )
+            message = f"at most {settings.max_streams_per_client} concurrent streams per client"
+            raise self._refused("streams_per_client", 429, "too_many_streams", message)
         self._client = client_id
         if len(gateway.streams) >= settings.max_concurrent_streams:
             await self.release()
-            gateway.metrics.rate_limited("concurrent_streams")
-            raise ApiError(
-                503,
-                "server_busy",
-                f"the gateway is at its limit of {settings.max_concurrent_streams} streams",
-                headers={"Retry-After": "1"},
-            )
+            message = f"the gateway is at its limit of {settings.max_concurrent_streams} streams"
+            raise self._refused("concurrent_streams", 503, "server_busy", message)
         gateway.streams.add(self)
         self._registered = True
         gateway.metrics.streams_active.inc()
+
+    def _refused(self, reason: str, status: int, error_type: str, message: str) -> ApiError:
+        """A stream refused for capacity: counted by `reason`, worth retrying in a second."""
+        self.gateway.metrics.rate_limited(reason)
+        return ApiError(status, error_type, message, headers={"Retry-After": "1"})
 
     async def release(self) -> None:
         if self._registered:

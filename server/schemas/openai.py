@@ -119,13 +119,7 @@ def _tools(field: str, value: Any, settings: Settings) -> None:
         _object(path, tool)
         if tool.get("type") != "function":
             raise invalid(f"{path}.type", f"'{path}.type' must be 'function'", "unsupported_value")
-        function = tool.get("function")
-        _object(f"{path}.function", function)
-        _function_name(f"{path}.function.name", function.get("name"))
-        _string(f"{path}.function.description", function.get("description"), required=False)
-        if function.get("parameters") is not None:
-            _object(f"{path}.function.parameters", function["parameters"])
-        _flag(f"{path}.function.strict", function.get("strict"))
+        _named_schema(f"{path}.function", tool.get("function"), "parameters")
 
 
 def _tool_choice(field: str, value: Any, settings: Settings) -> None:
@@ -146,13 +140,17 @@ def _response_format(field: str, value: Any, settings: Settings) -> None:
     if not isinstance(kind, str) or kind not in _RESPONSE_FORMATS:
         raise invalid(f"{field}.type", f"'{field}.type' must be one of {', '.join(_RESPONSE_FORMATS)}", "unsupported_value")
     if kind == "json_schema":
-        schema = value.get("json_schema")
-        _object(f"{field}.json_schema", schema)
-        _function_name(f"{field}.json_schema.name", schema.get("name"))
-        _string(f"{field}.json_schema.description", schema.get("description"), required=False)
-        if schema.get("schema") is not None:
-            _object(f"{field}.json_schema.schema", schema["schema"])
-        _flag(f"{field}.json_schema.strict", schema.get("strict"))
+        _named_schema(f"{field}.json_schema", value.get("json_schema"), "schema")
+
+
+def _named_schema(field: str, value: Any, schema_key: str) -> None:
+    """A tool's `function` or a `json_schema` format: a name, an optional description, a JSON Schema, `strict`."""
+    _object(field, value)
+    _function_name(f"{field}.name", value.get("name"))
+    _string(f"{field}.description", value.get("description"), required=False)
+    if value.get(schema_key) is not None:
+        _object(f"{field}.{schema_key}", value[schema_key])
+    _flag(f"{field}.strict", value.get("strict"))
 
 
 def _object(field: str, value: Any, settings: Settings | None = None) -> None:
