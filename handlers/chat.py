@@ -82,22 +82,27 @@ class ChatHandler(StreamingHandler):
             "stream_options": {"include_usage": True},
             **request.options,
         }
-        store = self.gateway.resume
-        if request.resumable and store is not None:
-            await self._resumable(store, payload, request.messages)
+        store = self.gateway.resume if request.resumable else None
+        messages = request.messages
+        del request  # for the rest of the answer the call alone holds the conversation, until it commits
+        if store is not None:
+            await self._resumable(store, payload, messages)
             return
+        relay = self.relay(payload, ChatEncoder(self.request_id), messages)
+        del payload, messages
         try:
-            await self.relay(payload, ChatEncoder(self.request_id), request.messages).run()
+            await relay.run()
         finally:
             await self.slot.release()
 
-    async def _resumable(self, store: ResumeStore, payload: dict[str, Any], messages: list[dict[str, str]]) -> None:
+    async def _resumable(self, store: ResumeStore, payload: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         """The upstream call writes into a stream of its own, which holds the slot until it really ends;
         this response is its first reader."""
         stream = await store.create(self.key_id)
         self.outcome.fields["resumes"] = 0
         stream.on_resume = partial(_count_resume, self.outcome)
         relay = self.relay(payload, ChatEncoder(self.request_id, stream.id), messages, sink=stream)
+        del payload, messages
         slot, self.slot = self.slot, StreamSlot(self.gateway)  # leaving no longer cancels the call: the grace timer does
         stream.run(relay.run(), relay.cancel, slot.release)
         self.sink.start(server_timing(time.monotonic() - self.started_at))

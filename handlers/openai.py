@@ -13,7 +13,7 @@ import time
 from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler, NotFoundHandler
-from handlers.relay import outcome_of
+from handlers.relay import Relay, outcome_of
 from handlers.sink import server_timing
 from handlers.stream_state import StreamState
 from handlers.streaming import StreamingHandler
@@ -91,10 +91,14 @@ class ChatCompletionsHandler(StreamingHandler):
         self.outcome_log(request.model, request.prompt_chars)
         await self.slot.acquire(self.client_id)
         try:
-            if request.stream:
-                await self._stream(request)
-            else:
+            if not request.stream:
                 await self._complete(request)
+                return
+            # usage is always requested: the gateway logs and counts it even when the client did not ask
+            payload = dict(request.payload, stream=True, stream_options={"include_usage": True})
+            relay = self.relay(payload, OpenAIEncoder(self.request_id, request.include_usage), request.payload["messages"])
+            del request, payload  # for the rest of the answer the call alone holds the conversation, until it commits
+            await self._stream(relay)
         finally:
             await self.slot.release()
 
@@ -124,10 +128,7 @@ class ChatCompletionsHandler(StreamingHandler):
         self.finish(completion.body)  # the provider's bytes (strict JSON): tool calls, logprobs and extra fields as sent
 
     # -- stream: true -------------------------------------------------------------------------------
-    async def _stream(self, request: OpenAIChatRequest) -> None:
-        # usage is always requested: the gateway logs and counts it even when the client did not ask
-        payload = dict(request.payload, stream=True, stream_options={"include_usage": True})
-        relay = self.relay(payload, OpenAIEncoder(self.request_id, request.include_usage), request.payload["messages"])
+    async def _stream(self, relay: Relay) -> None:
         try:
             await relay.run()
         except UpstreamError as error:

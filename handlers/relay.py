@@ -47,7 +47,7 @@ def outcome_of(error: UpstreamError) -> str:
     return "upstream_error"
 
 
-@dataclass
+@dataclass(slots=True)
 class OutcomeLog:
     """The stream's one outcome line, its metrics and its charge to the client's budget, each once, at its real end."""
 
@@ -92,6 +92,8 @@ class OutcomeLog:
 
 class Relay:
     """Runs `call` into `sink` through `encoder`; `slot.call` lets a drain or a departing client cancel it."""
+
+    __slots__ = ("_sent_at", "call", "encoder", "log_prompts", "messages", "metrics", "outcome", "sink", "started_at", "state")
 
     def __init__(
         self,
@@ -184,7 +186,7 @@ class Relay:
     def _on_events(self, events: list[SSEEvent]) -> Awaitable[None] | None:
         """One upstream read -> one write and one flush; then the read's failure, if it ended in one."""
         started = time.monotonic()
-        found = read_chunks(events, self.call.status, self.call.redact)
+        found = read_chunks(events, self.call)
         state = self.state
         state.note(found, started - self.started_at)
         out = self.encoder.encode(found.chunks)

@@ -16,8 +16,8 @@ from typing import Protocol
 from tornado import gen
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
-from tornado.web import RequestHandler
 
+from middleware.edge import EdgeMixin
 from server.config import Settings
 from server.sse import encode_comment
 from server.upstream import UpstreamError
@@ -92,19 +92,20 @@ class Heartbeat:
 class ClientSink:
     """The response of `handler`; `on_gone` runs when a heartbeat finds the client gone."""
 
-    __slots__ = ("gone", "handler", "heartbeat", "on_gone", "started", "write_timeout")
+    __slots__ = ("gone", "handler", "head_pending", "heartbeat", "on_gone", "started", "write_timeout")
 
-    def __init__(self, handler: RequestHandler, settings: Settings, on_gone: Callable[[], None]) -> None:
+    def __init__(self, handler: EdgeMixin, settings: Settings, on_gone: Callable[[], None]) -> None:
         self.handler = handler
         self.write_timeout = settings.write_timeout
         self.heartbeat = Heartbeat(settings.heartbeat, self._ping)
         self.on_gone = on_gone
         self.started = False
+        self.head_pending = False  # started, and the head not flushed yet
         self.gone = False
 
     def start(self, server_timing: str) -> None:
         handler = self.handler
-        self.started = True
+        self.started = self.head_pending = True
         handler.set_header("Server-Timing", server_timing)
         handler.set_header("Content-Type", "text/event-stream; charset=utf-8")
         handler.set_header("Cache-Control", "no-cache")
@@ -132,6 +133,9 @@ class ClientSink:
         if flushed is None or (flushed.done() and flushed.exception() is not None):
             self.close()
             raise ClientGoneError("client disconnected")
+        if self.head_pending:
+            self.head_pending = False
+            self.handler.head_sent()
         return None if flushed.done() else self._await_flush(flushed)
 
     async def send_now(self, events: list[bytes]) -> None:

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from server.completions import Chunk, parse_chunk
-from server.redact import Redactor
 from server.sse import SSEEvent
-from server.upstream import UpstreamError
+from server.upstream import UpstreamCall, UpstreamError
 
 
 class Found(NamedTuple):
@@ -18,7 +17,7 @@ class Found(NamedTuple):
     failure: UpstreamError | None
 
 
-def read_chunks(events: list[SSEEvent], status: int | None, redact: Redactor) -> Found:
+def read_chunks(events: list[SSEEvent], call: UpstreamCall) -> Found:
     """Parse one read; stop at a provider error inside the stream (what came before it is still relayed)."""
     chunks = []
     for event in events:
@@ -26,7 +25,7 @@ def read_chunks(events: list[SSEEvent], status: int | None, redact: Redactor) ->
         if chunk is None:
             continue
         if chunk.error is not None:
-            return Found(chunks, UpstreamError("upstream_error", f"upstream error: {redact(chunk.error)}", status))
+            return Found(chunks, UpstreamError("upstream_error", f"upstream error: {call.redact(chunk.error)}", call.status))
         chunks.append((event, chunk))
     return Found(chunks, None)
 

@@ -52,6 +52,7 @@ class EdgeMixin(RequestHandler):
     _request_id: str | None = None
     key_id: str | None = None
     _limit_headers: dict[str, str] | None = None
+    _head_sent = False
     budget: Standing | None = None  # the client's budget before this call, when it has one
 
     # -- identity ---------------------------------------------------------------------------------
@@ -83,6 +84,8 @@ class EdgeMixin(RequestHandler):
 
     # -- headers on every response ------------------------------------------------------------------
     def set_default_headers(self) -> None:
+        if self._head_sent:
+            return  # `clear()` after the head went out: nothing more is sent
         settings = self.gateway.settings
         apply_security_headers(self, self.csp, settings.hsts_max_age if settings.hsts_enabled else None)
         self.set_header("X-Request-ID", self.request_id)
@@ -90,6 +93,12 @@ class EdgeMixin(RequestHandler):
             self.set_header(name, value)
         for name, value in (self._limit_headers or {}).items():
             self.set_header(name, value)
+
+    def head_sent(self) -> None:
+        """The status line and headers are on the wire: a long stream need not hold its ~20 headers for its whole
+        life, so `clear()` takes them back to Tornado's three."""
+        self._head_sent = True
+        self.clear()
 
     # -- the edge ----------------------------------------------------------------------------------
     async def prepare(self) -> None:

@@ -107,16 +107,19 @@ class Acceptor:
 
 
 class _FirstHead(httputil.HTTPMessageDelegate):
-    """Passes a request through, telling `arrived` when its head is complete."""
+    """Passes a connection's first request through, stopping its head timer when the head is complete."""
 
-    def __init__(self, delegate: httputil.HTTPMessageDelegate, arrived: Callable[[], None]) -> None:
+    __slots__ = ("delegate", "server", "stream")
+
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, server: GatewayServer, stream: IOStream) -> None:
         self.delegate = delegate
-        self.arrived = arrived
+        self.server = server
+        self.stream = stream
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
     ) -> Any:
-        self.arrived()
+        self.server._stop_head_timer(self.stream)
         return self.delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
@@ -174,7 +177,7 @@ class GatewayServer(HTTPServer):
         stream = cast(HTTP1ServerConnection, server_conn).stream
         if stream not in self._awaiting_head:  # a kept-alive connection: IDLE_TIMEOUT_SECS bounds its wait
             return delegate
-        return _FirstHead(delegate, lambda: self._stop_head_timer(stream))
+        return _FirstHead(delegate, self, stream)
 
     def on_close(self, server_conn: object) -> None:
         self.open_connections -= 1

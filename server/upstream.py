@@ -246,22 +246,26 @@ class UpstreamCall:
             **callbacks,
         )
 
-    async def _fetch(self, request: HTTPRequest) -> HTTPResponse | None:
-        """The response, or None when the connection failed (refused, reset, invalid HTTP, aborted)."""
+    def _send(self, request: HTTPRequest) -> asyncio.Future[HTTPResponse]:
+        """Start one attempt's HTTP request; `_received` reads what became of it."""
         self._request = request
-        response: HTTPResponse | None = None
         self._failure = None
-        try:
-            response = await self.client.fetch(request, raise_error=False)
-        except RequestAbortedError:
-            pass  # ours: a cancel, a cap, or a body kept open after [DONE]
-        except Exception as exc:  # the connect timeout and other connection-level failures raise even with raise_error=False
-            self._failure = exc
-            if not isinstance(exc, TimeoutError):
-                message = failure_message(exc, self.status is not None)
-                log.warning("upstream request failed: %s (%s: %s)", message, type(exc).__name__, exc, extra={"attempt": self.attempts})
-        finally:
-            self._request = None
+        return self.client.fetch(request, raise_error=False)  # type: ignore[return-value]
+
+    def _received(self, fetch: asyncio.Future[HTTPResponse]) -> HTTPResponse | None:
+        """The response, or None when the connection failed (refused, reset, invalid HTTP, aborted)."""
+        self._request = None
+        response: HTTPResponse | None = None
+        error = None if not fetch.cancelled() else RequestAbortedError("request aborted")
+        error = error or fetch.exception()
+        if error is None:
+            response = fetch.result()
+        elif not isinstance(error, RequestAbortedError):  # ours (a cancel, a cap, a body kept open after [DONE]) is no failure
+            # the connect timeout and other connection-level failures raise even with raise_error=False
+            self._failure = error if isinstance(error, Exception) else None
+            if not isinstance(error, TimeoutError):
+                message = failure_message(error, self.status is not None)
+                log.warning("upstream request failed: %s (%s: %s)", message, type(error).__name__, error, extra={"attempt": self.attempts})
         if self.on_attempt is not None:
             self.on_attempt(response.code if response is not None else None, self.attempts > 1)
         self._raise_if_stopped()
@@ -324,8 +328,11 @@ class _Attempt:
 
     async def run(self, request: HTTPRequest) -> HTTPResponse | None:
         self.arm_first_token()
+        fetch = self.call._send(request)
         try:
-            return await self.call._fetch(request)
+            with contextlib.suppress(Exception):  # `_received` reads the failure from the future
+                await fetch
+            return self.call._received(fetch)
         finally:
             self.disarm()
 
@@ -446,18 +453,30 @@ class _StreamAttempt(_Attempt):
         self.consumer = consumer
         self.parser = SSEParser(call.settings.max_upstream_line_bytes, call.settings.max_upstream_event_bytes)
         self.done = False
-        self.relayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # the response once the body ended, or None as soon as what came before `[DONE]` is relayed
+        self.relayed: asyncio.Future[HTTPResponse | None] = asyncio.get_running_loop().create_future()
 
     async def run(self, request: HTTPRequest) -> HTTPResponse | None:
         """Until the body ends, or until what came before `[DONE]` is relayed: a provider that keeps its body
         open after `[DONE]` must not hold back our `done`. Its connection is then closed after a grace period
-        unless the body ends in it (only then may the connection go back to the pool)."""
-        fetch = asyncio.ensure_future(super().run(request))
-        await asyncio.wait((fetch, self.relayed), return_when=asyncio.FIRST_COMPLETED)
-        if not self.relayed.done():
-            return fetch.result()
-        fetch.add_done_callback(_outcome_retrieved)
-        return None
+        unless the body ends in it (only then may the connection go back to the pool). One future serves both
+        ends, so a stream waits on no task of its own."""
+        self.arm_first_token()
+        self.call._send(request).add_done_callback(self._received)
+        try:
+            return await self.relayed
+        finally:
+            self.disarm()
+
+    def _received(self, fetch: asyncio.Future[HTTPResponse]) -> None:
+        try:
+            response = self.call._received(fetch)
+        except UpstreamError as error:
+            if not self.relayed.done():
+                self.relayed.set_exception(error)
+            return
+        if not self.relayed.done():  # else `[DONE]` was relayed first: the rest of the body no longer matters
+            self.relayed.set_result(response)
 
     def on_headers(self, status: int, headers: httputil.HTTPHeaders) -> None:
         super().on_headers(status, headers)
@@ -529,9 +548,3 @@ class _StreamAttempt(_Attempt):
                 await pending
         if not self.done:
             raise UpstreamError("upstream_error", "upstream stream ended before [DONE]", self.call.status, retryable=True)
-
-
-def _outcome_retrieved(fetch: asyncio.Future[Any]) -> None:
-    """A fetch left to finish in the background after `[DONE]`: its outcome no longer matters."""
-    if not fetch.cancelled():
-        fetch.exception()
