@@ -72,7 +72,8 @@ class StreamingHandler(FollowerMixin):
     def outcome_log(self, model: str, prompt_chars: int) -> OutcomeLog:
         gateway = self.gateway
         fields = {"model": model, "prompt_chars": prompt_chars}
-        self.outcome = OutcomeLog(gateway.metrics, self.started_at, self.key_id, fields, gateway.budgets, self.client_id)
+        budgets = gateway.budgets if self.budget is not None else None  # only a metered client's calls are charged
+        self.outcome = OutcomeLog(gateway.metrics, self.started_at, self.key_id, fields, budgets, self.client_id)
         return self.outcome
 
     def upstream_call(self, payload: dict[str, Any], accept: str = "text/event-stream") -> UpstreamCall:

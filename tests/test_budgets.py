@@ -36,6 +36,13 @@ def stream_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.name == "gateway.stream"]
 
 
+async def test_without_a_budget_nothing_is_charged_or_stored(start_gateway: Callable[..., RunningGateway]) -> None:
+    gateway = start_gateway()  # TOKEN_BUDGET and COST_BUDGET_USD off
+    response = await chat(gateway.port, {"prompt": "hi"})
+    assert response.status == 200 and response.header("X-Budget-Limit") is None
+    assert len(gateway.gateway.budgets.ledger._spend) == 0  # type: ignore[attr-defined]  # no ledger work on the hot path
+
+
 async def test_reported_usage_is_charged_and_shown_in_headers_and_v1_usage(start_gateway: Callable[..., RunningGateway]) -> None:
     gateway = start_gateway(TOKEN_BUDGET="100")
     first = await chat(gateway.port, {"prompt": "hi"})
