@@ -6,6 +6,7 @@ console error, uncaught exception or CSP violation. Debian's chromium is used (n
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -415,6 +416,106 @@ def test_a_conversation_sends_its_history_survives_a_reload_and_new_chat_clears_
     watched.wait_state("done")
     assert bodies[-1]["messages"] == [{"role": "user", "content": "third"}]
     assert watched.problems == []
+
+
+# -- a picture with the message ----------------------------------------------------------------------------
+
+PNG_1X1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+QUESTION = "What is in this picture?"
+
+
+def attach(page: Page, name: str, data: bytes = PNG_1X1) -> None:
+    """Choose a file with the control labelled "Attach picture", as a person does with the file dialog."""
+    page.get_by_label("Attach picture").set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+    page.wait_for_function(f"() => document.getElementById('attached-name').textContent === {json.dumps(name)}")
+
+
+def with_picture(text: str, data: bytes = PNG_1X1) -> dict[str, Any]:
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}
+
+
+def test_a_picture_is_sent_as_an_image_part_and_once_removed_the_message_is_a_string(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo.url + "/")
+    page.focus("#prompt")
+    page.keyboard.press("Tab")  # Send
+    page.keyboard.press("Tab")  # Stop is disabled: the picture control is next
+    assert page.evaluate("document.activeElement.id") == "attach"
+    bodies = posted_bodies(page)
+    attach(page, "dot.png")
+    assert page.is_visible("#attached")
+    watched.send(QUESTION)
+    watched.wait_state("done")
+    assert bodies == [{"messages": [with_picture(QUESTION)], "resumable": True}]
+    assert watched.answer() == demo_answer(QUESTION)  # the demo upstream got the text part through the gateway
+    assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
+    assert page.locator("img").count() == 0  # a marker, never the picture itself
+    assert page.is_hidden("#attached")  # sent: nothing attached to the next message
+    attach(page, "dot.png")
+    page.click("#detach")
+    assert page.is_hidden("#attached")
+    watched.send("and now?")
+    watched.wait_state("done")
+    history = [with_picture(QUESTION), {"role": "assistant", "content": demo_answer(QUESTION)}]
+    assert bodies[-1]["messages"] == [*history, {"role": "user", "content": "and now?"}]
+    page.reload()
+    assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
+    watched.send("still there?")
+    watched.wait_state("done")
+    assert bodies[-1]["messages"][0] == with_picture(QUESTION)  # the stored history kept the picture
+    assert watched.problems == []
+
+
+def test_a_picture_the_tab_cannot_store_is_dropped_from_the_stored_copy_only(demo: GatewayProcess, watched: Watched) -> None:
+    page = watched.page
+    page.add_init_script(
+        "const setItem = Storage.prototype.setItem;"
+        "Storage.prototype.setItem = function (key, value) {"
+        "  if (String(value).includes('data:image')) throw new DOMException('full', 'QuotaExceededError');"
+        "  return setItem.call(this, key, value);"
+        "};"
+    )
+    page.goto(demo.url + "/")
+    bodies = posted_bodies(page)
+    attach(page, "dot.png")
+    watched.send(QUESTION)
+    watched.wait_state("done")
+    assert bodies[-1]["messages"] == [with_picture(QUESTION)]
+    watched.send("and now?")
+    watched.wait_state("done")
+    assert bodies[-1]["messages"][0] == with_picture(QUESTION)  # the conversation in memory still has it
+    page.reload()
+    assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
+    watched.send("after the reload")
+    watched.wait_state("done")
+    assert bodies[-1]["messages"][0] == {"role": "user", "content": QUESTION}  # the text kept, the picture dropped
+    assert watched.problems == []
+
+
+def test_a_picture_over_the_body_limit_shows_the_413_and_waits_to_be_removed(tmp_path: Path, watched: Watched) -> None:
+    server = GatewayProcess(tmp_path, MAX_BODY_BYTES="2048", **DEMO_ENV).start()
+    try:
+        page = watched.page
+        page.goto(server.url + "/")
+        attach(page, "big.png", PNG_1X1 + bytes(4096))
+        watched.send(QUESTION)
+        watched.wait_state("error")
+        error = page.text_content("#error") or ""
+        assert "HTTP 413, body_too_large" in error and "the limit is 2048" in error
+        assert turns(page) == []  # unanswered: the message and its picture go back, to be sent again
+        assert page.input_value("#prompt") == QUESTION
+        assert page.text_content("#attached-name") == "big.png"
+        bodies = posted_bodies(page)
+        page.click("#detach")
+        page.click("#send")
+        watched.wait_state("done")
+        assert bodies == [{"messages": [{"role": "user", "content": QUESTION}], "resumable": True}]
+        assert page.is_hidden("#error")
+        # The browser reports the deliberate 413 itself; nothing else may show up.
+        assert [p for p in watched.problems if "status of 413" not in p] == []
+    finally:
+        server.kill()
 
 
 def test_the_model_picker_lists_v1_models_and_sends_the_choice(demo: GatewayProcess, watched: Watched) -> None:

@@ -1,7 +1,9 @@
 // The chat page: a conversation sent as `messages`, answers streamed with fetch and resumed after a drop or a
-// reload (sse.js parses, stream.js reads and reconnects, render.js shows text, conversation.js remembers).
+// reload (sse.js parses, stream.js reads and reconnects, render.js shows text, conversation.js remembers,
+// attachment.js holds the picture to send).
 
-import { Conversation } from "./conversation.js";
+import { Attachment } from "./attachment.js";
+import { Conversation, pictureOf, textOf, userMessage } from "./conversation.js";
 import { renderAnswer } from "./render.js";
 import { HttpError, cancel, follow } from "./stream.js";
 
@@ -23,6 +25,11 @@ const ui = {
   thread: byId("thread"),
 };
 const conversation = new Conversation();
+const attachment = new Attachment(
+  { input: byId("attach"), shown: byId("attached"), name: byId("attached-name"), remove: byId("detach") },
+  updateButtons,
+  showMessage,
+);
 let controller = null; // the answer in flight
 let cursor = null; // its {streamId, lastEventId}
 let running = Promise.resolve(); // settles when the answer in flight has been put in the history
@@ -30,14 +37,23 @@ let running = Promise.resolve(); // settles when the answer in flight has been p
 function setState(state, label = state) {
   ui.status.dataset.state = state;
   ui.status.textContent = label;
-  const busy = ["connecting", "streaming", "reconnecting"].includes(state);
-  ui.send.disabled = busy;
+  updateButtons();
+}
+
+/** Send waits while an answer is in flight or a chosen picture is still being read. */
+function updateButtons() {
+  const busy = ["connecting", "streaming", "reconnecting"].includes(ui.status.dataset.state);
+  ui.send.disabled = busy || attachment.reading;
   ui.stop.disabled = !busy;
 }
 
-function showError(message, requestId) {
-  ui.error.textContent = requestId ? `${message} (request id ${requestId})` : message;
+function showMessage(message) {
+  ui.error.textContent = message;
   ui.error.hidden = false;
+}
+
+function showError(message, requestId) {
+  showMessage(requestId ? `${message} (request id ${requestId})` : message);
   setState("error");
 }
 
@@ -46,14 +62,19 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-/** A turn of the thread; returns the element its text goes into. */
-function addTurn(role, content) {
+/** A turn of the thread, with a marker naming its picture if it has one; returns the element its text goes into. */
+function addTurn(role, content, picture) {
   const turn = document.createElement("li");
   turn.className = `turn ${role}`;
   const body = turn.appendChild(document.createElement("div"));
   body.className = "body";
   if (role === "assistant") renderAnswer(body, content);
   else body.textContent = content;
+  if (picture) {
+    const marker = turn.appendChild(document.createElement("div"));
+    marker.className = "picture";
+    marker.textContent = `[picture: ${picture}]`;
+  }
   ui.thread.append(turn);
   turn.scrollIntoView({ block: "end" });
   return body;
@@ -108,23 +129,32 @@ function settle(body, state) {
     conversation.messages.push({ role: "assistant", content: text });
   } else {
     body.closest("li").remove();
-    ui.thread.lastElementChild?.remove();
-    const { content } = conversation.messages.pop();
-    if (!ui.prompt.value) ui.prompt.value = content;
+    unsend();
   }
   conversation.saveMessages();
   if (state !== "error") setState(state);
 }
 
+/** Take back the unanswered last message: its text into the box (unless something new is there), its picture attached again. */
+function unsend() {
+  ui.thread.lastElementChild?.remove();
+  const message = conversation.messages.pop();
+  if (!ui.prompt.value) ui.prompt.value = textOf(message);
+  const picture = pictureOf(message);
+  if (picture && !attachment.picture) attachment.set(picture);
+}
+
 function send(prompt) {
-  conversation.messages.push({ role: "user", content: prompt });
+  const { picture } = attachment;
+  conversation.messages.push(userMessage(prompt, picture));
   conversation.saveMessages();
   conversation.pending = { streamId: null, lastEventId: null, requestId: null, text: "" };
-  addTurn("user", prompt);
+  addTurn("user", prompt, picture?.name);
   ui.prompt.value = "";
+  attachment.set(null);
   ui.ttft.textContent = "\u2013";
   setState("connecting", "connecting\u2026");
-  const body = { messages: conversation.messages, resumable: true };
+  const body = { messages: conversation.payload(), resumable: true };
   if (ui.model.value) body.model = ui.model.value;
   const headers = { ...authHeaders(), "Content-Type": "application/json", Accept: "text/event-stream" };
   const post = (signal) => fetch("/chat", { method: "POST", headers, body: JSON.stringify(body), signal, cache: "no-store" });
@@ -152,15 +182,14 @@ async function loadModels() {
 }
 
 function restore() {
-  for (const message of conversation.messages) addTurn(message.role, message.content);
+  for (const message of conversation.messages) addTurn(message.role, textOf(message), message.picture);
   const pending = conversation.pending;
   if (pending?.streamId) {
     setState("reconnecting", "reconnecting\u2026"); // a reload mid-answer: pick it up after the last event shown
     running = answer(null, null);
   } else if (conversation.messages.at(-1)?.role === "user") {
     // reloaded before the answer had a stream id: nothing to resume, so the prompt goes back to the box
-    ui.prompt.value = conversation.messages.pop().content;
-    ui.thread.lastElementChild.remove();
+    unsend();
     conversation.pending = null;
     conversation.savePending();
     conversation.saveMessages();
@@ -170,7 +199,7 @@ function restore() {
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
   const prompt = ui.prompt.value;
-  if (!controller && prompt.trim()) send(prompt);
+  if (!ui.send.disabled && prompt.trim()) send(prompt);
 });
 ui.prompt.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
