@@ -183,6 +183,11 @@ class Watched:
         self.page.fill("#prompt", prompt)
         self.page.click("#send")
 
+    def ask(self, prompt: str) -> None:
+        """Send `prompt` and wait for its answer to be done."""
+        self.send(prompt)
+        self.wait_state("done")
+
     def answer(self) -> str:
         """The latest answer's text as shown."""
         return self.page.text_content(LAST_ANSWER) or ""
@@ -288,8 +293,7 @@ def test_html_in_the_answer_is_shown_as_text(demo: GatewayProcess, watched: Watc
     page = watched.page
     page.goto(demo.url + "/")
     prompt = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
-    watched.send(prompt)
-    watched.wait_state("done")
+    watched.ask(prompt)
     assert watched.answer() == demo_answer(prompt)
     assert page.locator(f"{LAST_ANSWER} *").count() == 0  # no <img>, no <b>: only text
     assert page.locator("img").count() == 0
@@ -392,11 +396,9 @@ def test_a_conversation_sends_its_history_survives_a_reload_and_new_chat_clears_
     page = watched.page
     page.goto(demo.url + "/")
     bodies = posted_bodies(page)
-    watched.send("first question")
-    watched.wait_state("done")
+    watched.ask("first question")
     assert page.input_value("#prompt") == ""
-    watched.send("second question")
-    watched.wait_state("done")
+    watched.ask("second question")
     history = [
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": demo_answer("first question")},
@@ -412,8 +414,7 @@ def test_a_conversation_sends_its_history_survives_a_reload_and_new_chat_clears_
     assert turns(page) == []
     page.reload()
     assert turns(page) == []
-    watched.send("third")
-    watched.wait_state("done")
+    watched.ask("third")
     assert bodies[-1]["messages"] == [{"role": "user", "content": "third"}]
     assert watched.problems == []
 
@@ -445,8 +446,7 @@ def test_a_picture_is_sent_as_an_image_part_and_once_removed_the_message_is_a_st
     bodies = posted_bodies(page)
     attach(page, "dot.png")
     assert page.is_visible("#attached")
-    watched.send(QUESTION)
-    watched.wait_state("done")
+    watched.ask(QUESTION)
     assert bodies == [{"messages": [with_picture(QUESTION)], "resumable": True}]
     assert watched.answer() == demo_answer(QUESTION)  # the demo upstream got the text part through the gateway
     assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
@@ -455,14 +455,12 @@ def test_a_picture_is_sent_as_an_image_part_and_once_removed_the_message_is_a_st
     attach(page, "dot.png")
     page.click("#detach")
     assert page.is_hidden("#attached")
-    watched.send("and now?")
-    watched.wait_state("done")
+    watched.ask("and now?")
     history = [with_picture(QUESTION), {"role": "assistant", "content": demo_answer(QUESTION)}]
     assert bodies[-1]["messages"] == [*history, {"role": "user", "content": "and now?"}]
     page.reload()
     assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
-    watched.send("still there?")
-    watched.wait_state("done")
+    watched.ask("still there?")
     assert bodies[-1]["messages"][0] == with_picture(QUESTION)  # the stored history kept the picture
     assert watched.problems == []
 
@@ -479,16 +477,13 @@ def test_a_picture_the_tab_cannot_store_is_dropped_from_the_stored_copy_only(dem
     page.goto(demo.url + "/")
     bodies = posted_bodies(page)
     attach(page, "dot.png")
-    watched.send(QUESTION)
-    watched.wait_state("done")
+    watched.ask(QUESTION)
     assert bodies[-1]["messages"] == [with_picture(QUESTION)]
-    watched.send("and now?")
-    watched.wait_state("done")
+    watched.ask("and now?")
     assert bodies[-1]["messages"][0] == with_picture(QUESTION)  # the conversation in memory still has it
     page.reload()
     assert turns(page)[0] == ("turn user", f"{QUESTION}[picture: dot.png]")
-    watched.send("after the reload")
-    watched.wait_state("done")
+    watched.ask("after the reload")
     assert bodies[-1]["messages"][0] == {"role": "user", "content": QUESTION}  # the text kept, the picture dropped
     assert watched.problems == []
 
@@ -527,8 +522,7 @@ def test_the_model_picker_lists_v1_models_and_sends_the_choice(demo: GatewayProc
     assert options == ["", *listed]
     bodies = posted_bodies(page)
     page.select_option("#model", listed[-1])
-    watched.send("which model?")
-    watched.wait_state("done")
+    watched.ask("which model?")
     assert bodies[-1]["model"] == listed[-1]
     page.reload()
     page.wait_for_function(f"() => document.getElementById('model').value === {json.dumps(listed[-1])}")  # kept for the tab
@@ -539,8 +533,7 @@ def test_code_fences_are_preformatted_text(demo: GatewayProcess, watched: Watche
     page = watched.page
     page.goto(demo.url + "/")
     prompt = "see\n```html\n<b>x</b>\n```\nafter"
-    watched.send(prompt)
-    watched.wait_state("done")
+    watched.ask(prompt)
     body = page.locator(LAST_ANSWER)
     assert body.locator("pre > code").count() == 1
     assert body.locator("pre > code").text_content() == "<b>x</b>"
