@@ -8,7 +8,6 @@ refused port); the WARN log line carries the exception itself.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 
 from server.http_client import ConnectionClosedError, ProtocolError
 
@@ -21,29 +20,18 @@ CLOSED_BEFORE_ANSWER = "upstream closed the connection before answering"
 NO_CONNECTION = "could not connect to the upstream"
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error and what caused it (a ConnectionClosedError carries the socket's own error as its cause)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def failure_message(error: BaseException | None, answered: bool) -> str:
     """The client's message for a request that failed with `error`; `answered`: a response head had arrived."""
-    chain = list(_chain(error)) if error is not None else []
-    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+    if isinstance(error, ssl.SSLCertVerificationError):
         return TLS_VERIFICATION
-    if any(isinstance(e, ssl.SSLError) for e in chain):
+    if isinstance(error, ssl.SSLError):
         return TLS_OTHER
-    if any(isinstance(e, ProtocolError) for e in chain):
+    if isinstance(error, ProtocolError):
         return INVALID_HTTP
-    if any(isinstance(e, ConnectionResetError) for e in chain):
+    if isinstance(error, ConnectionResetError):
         return RESET
     if answered:
         return CLOSED_EARLY
-    if any(isinstance(e, ConnectionClosedError) for e in chain):
+    if isinstance(error, ConnectionClosedError):
         return CLOSED_BEFORE_ANSWER
     return NO_CONNECTION
