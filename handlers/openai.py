@@ -108,7 +108,6 @@ class ChatCompletionsHandler(StreamingHandler):
             self.outcome("client_disconnected")
             return
         call = self.slot.call = self.upstream_call(dict(request.payload, stream=False), "application/json")
-        call.on_attempt = self.gateway.metrics.upstream_attempt
         sent_at = time.monotonic()
         self.gateway.metrics.request_overhead.observe(sent_at - self.started_at)
         try:

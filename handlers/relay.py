@@ -115,7 +115,6 @@ class Relay:
         self.state = StreamState(answer=[] if self.log_prompts else None)
         self._sent_at = 0.0
         slot.call = call
-        call.on_attempt = self.metrics.upstream_attempt
 
     async def run(self) -> None:
         """Relay the stream to its end. Raises UpstreamError only when the call failed before the sink

@@ -79,7 +79,9 @@ class StreamingHandler(FollowerMixin):
     def upstream_call(self, payload: dict[str, Any], accept: str = "text/event-stream") -> UpstreamCall:
         settings = self.gateway.settings
         headers = dict(upstream_headers(settings, self.request_id), Accept=accept)
-        return UpstreamCall(self.gateway.http_client, settings, self.metered(payload), headers)
+        call = UpstreamCall(self.gateway.http_client, settings, self.metered(payload), headers)
+        call.on_attempt = self.gateway.metrics.upstream_attempt
+        return call
 
     def metered(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Usage (and OpenRouter's cost) always asked for, and the answer capped to the tokens left in the client's
