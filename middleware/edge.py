@@ -90,10 +90,10 @@ class EdgeMixin(RequestHandler):
         settings = self.gateway.settings
         apply_security_headers(self, self.csp, settings.hsts_max_age if settings.hsts_enabled else None)
         self.set_header("X-Request-ID", self.request_id)
-        self.set_headers(self.gateway.cors.headers(self.request.headers.get("Origin")))
-        self.set_headers(self._limit_headers or {})
+        self.apply_headers(self.gateway.cors.headers(self.request.headers.get("Origin")))
+        self.apply_headers(self._limit_headers or {})
 
-    def set_headers(self, headers: Mapping[str, str]) -> None:
+    def apply_headers(self, headers: Mapping[str, str]) -> None:
         for name, value in headers.items():
             self.set_header(name, value)
 
@@ -149,7 +149,7 @@ class EdgeMixin(RequestHandler):
     def _keep_headers(self, values: dict[str, str]) -> None:
         """Set now and again on an error answer (which clears the headers first)."""
         self._limit_headers = {**(self._limit_headers or {}), **values}
-        self.set_headers(values)
+        self.apply_headers(values)
 
     def _check_body_headers(self) -> None:
         content_type = self.request.headers.get("Content-Type", "")
@@ -163,7 +163,7 @@ class EdgeMixin(RequestHandler):
     def options(self, *args: Any) -> None:
         """CORS preflight on any route: 204, never rate limited."""
         if self.gateway.cors.allows(self.request.headers.get("Origin")):
-            self.set_headers(PREFLIGHT_HEADERS)  # the Origin headers are already set, by set_default_headers
+            self.apply_headers(PREFLIGHT_HEADERS)  # the Origin headers are already set, by set_default_headers
         self.set_status(204)
         self.finish()
 
@@ -193,7 +193,7 @@ class EdgeMixin(RequestHandler):
 
     def write_api_error(self, error: ApiError) -> None:
         self.set_status(error.status_code)
-        self.set_headers(error.headers)
+        self.apply_headers(error.headers)
         if self.error_style == "openai":
             body = openai_error_body(error.status_code, error.error_type, error.message, self.request_id, error.field)
         else:
